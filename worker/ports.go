@@ -1,0 +1,111 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// This file declares what the worker consumes. Adapters live in queue/, graph/ and
+// metrics/; cmd/reprocessor wires them in.
+
+// Delivery describes one delivery of a request message.
+type Delivery struct {
+	Subject      string
+	Data         []byte
+	Header       map[string][]string
+	Stream       string
+	StreamSeq    uint64
+	NumDelivered uint64    // 1 on the first delivery
+	Timestamp    time.Time // when the stream stored the message
+}
+
+// Message is one delivered request that the worker settles exactly once.
+type Message interface {
+	Delivery() Delivery
+	// Ack acknowledges the message; it is not redelivered.
+	Ack() error
+	// NakWithDelay hands the message back for redelivery after delay.
+	NakWithDelay(delay time.Duration) error
+	// InProgress resets the message's ack deadline.
+	InProgress() error
+}
+
+// Source delivers request messages.
+type Source interface {
+	// Fetch asks for up to max messages and calls handle for each one as it arrives.
+	// It returns when the batch is complete or has expired, or when ctx is done.
+	Fetch(ctx context.Context, max int, handle func(Message)) error
+}
+
+// EventPublisher publishes CloudEvents and waits for the stream's acknowledgement.
+type EventPublisher interface {
+	PublishEvent(ctx context.Context, e *Event) error
+}
+
+// DeadLetterer copies a message, byte for byte with its headers, to the dead-letter stream,
+// adding the Reprocess-* headers, and waits for the stream's acknowledgement.
+type DeadLetterer interface {
+	DeadLetter(ctx context.Context, d Delivery, dl DeadLetter) error
+}
+
+// DeadLetter says why a message was dead-lettered.
+type DeadLetter struct {
+	Code     string // the error code, e.g. "not_found"
+	Detail   string // a human-readable detail
+	Attempts int    // Graph calls made for the message
+}
+
+// Graph calls Microsoft Graph.
+type Graph interface {
+	// Reprocess calls the reprocess action for a validated, lower-case assignment id.
+	// A non-nil error means no HTTP answer was had: it wraps ErrCredential, ErrTimeout or
+	// ErrNetwork. Otherwise Response holds Graph's answer, whatever its status.
+	Reprocess(ctx context.Context, assignmentID string) (Response, error)
+}
+
+// Response is Graph's answer to one call.
+type Response struct {
+	Status          int
+	RequestID       string // Graph's request-id header
+	ClientRequestID string // the client-request-id sent
+	RetryAfter      time.Duration
+	HasRetryAfter   bool
+	ErrorCode       string // Graph's error.code, if any
+	ErrorMessage    string // Graph's error.message, if any
+	AuthRetries     int    // times a 401 made the client refresh its token and retry
+}
+
+// Errors a Graph adapter wraps when no HTTP answer was had.
+var (
+	// ErrCredential: no token could be obtained (wrong secret, authority down). The worker
+	// holds the message, stops fetching and reports not ready until a token is obtained.
+	ErrCredential = errors.New("graph credential unavailable")
+	// ErrTimeout: the call did not complete within its timeout.
+	ErrTimeout = errors.New("graph call timed out")
+	// ErrNetwork: the call failed in transport.
+	ErrNetwork = errors.New("graph call failed in transport")
+)
+
+// Limiter paces Graph calls process-wide (golang.org/x/time/rate.Limiter satisfies it).
+type Limiter interface {
+	Wait(ctx context.Context) error
+}
+
+// Observer receives what the worker does, for metrics. Implementations must be safe for
+// concurrent use and cheap.
+type Observer interface {
+	MessageReceived(redelivery bool)
+	QueueWait(d time.Duration)
+	Completed(outcome string, d time.Duration)
+	DeadLettered(code string)
+	Retry(reason string)
+	Throttled(on bool)
+	ThrottleWait(d time.Duration)
+	RateLimitWait(d time.Duration)
+	InFlight(delta int)
+	EventPublished(kind string)
+	EventPublishFailed()
+	CircuitOpen(open bool)
+	LastSuccess(t time.Time)
+}
