@@ -1,0 +1,94 @@
+package graph
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Assignment states of v1.0 (a closed enum in Graph's schema; any other value is kept as is).
+const (
+	StateDelivering         = "delivering"
+	StatePartiallyDelivered = "partiallyDelivered"
+	StateDelivered          = "delivered"
+	StateExpired            = "expired"
+	StateDeliveryFailed     = "deliveryFailed"
+	StateUnknownFutureValue = "unknownFutureValue"
+)
+
+// betaStates maps beta's PascalCase assignmentState values to v1.0's.
+var betaStates = map[string]string{
+	"Delivering":         StateDelivering,
+	"PartiallyDelivered": StatePartiallyDelivered,
+	"Delivered":          StateDelivered,
+	"Expired":            StateExpired,
+	"DeliveryFailed":     StateDeliveryFailed,
+	"UnknownFutureValue": StateUnknownFutureValue,
+}
+
+// betaState returns beta's PascalCase for a v1.0 state, or the state as given.
+func betaState(v1 string) string {
+	for beta, v := range betaStates {
+		if v == v1 {
+			return beta
+		}
+	}
+	return v1
+}
+
+// Assignment is an access package assignment as read from Graph.
+type Assignment struct {
+	ID     string
+	State  string // in v1.0's camelCase ("delivered") whatever the API version; unknown values as sent
+	Status string // free text
+}
+
+// wireAssignment holds both versions' property names.
+type wireAssignment struct {
+	ID               string `json:"id"`
+	State            string `json:"state"`
+	Status           string `json:"status"`
+	AssignmentState  string `json:"assignmentState"`
+	AssignmentStatus string `json:"assignmentStatus"`
+}
+
+func (w wireAssignment) assignment(beta bool) Assignment {
+	if !beta {
+		return Assignment{ID: w.ID, State: w.State, Status: w.Status}
+	}
+	state := w.AssignmentState
+	if v, ok := betaStates[state]; ok {
+		state = v
+	}
+	return Assignment{ID: w.ID, State: state, Status: w.AssignmentStatus}
+}
+
+// Page is one page of a list of assignments.
+type Page struct {
+	Assignments []Assignment
+	NextLink    string // @odata.nextLink; empty on the last page
+}
+
+type wirePage struct {
+	Value    []wireAssignment `json:"value"`
+	NextLink string           `json:"@odata.nextLink"`
+}
+
+func decodeAssignment(body []byte, beta bool) (Assignment, error) {
+	var w wireAssignment
+	if err := json.Unmarshal(body, &w); err != nil {
+		return Assignment{}, fmt.Errorf("%w: %w", ErrDecode, err)
+	}
+	return w.assignment(beta), nil
+}
+
+func decodePage(body []byte, beta bool) (Page, error) {
+	var w wirePage
+	if err := json.Unmarshal(body, &w); err != nil {
+		return Page{}, fmt.Errorf("%w: %w", ErrDecode, err)
+	}
+	p := Page{NextLink: w.NextLink, Assignments: make([]Assignment, len(w.Value))}
+	for i, a := range w.Value {
+		p.Assignments[i] = a.assignment(beta)
+	}
+	return p, nil
+}

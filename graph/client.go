@@ -1,0 +1,438 @@
+// Package graph is the Microsoft Graph client of reprocessor: it calls the entitlement
+// management reprocess action, reads and lists access package assignments, builds the URLs
+// for each cloud and API version, authenticates with azidentity credentials (refreshing the
+// token once on a 401), decodes Graph's error bodies and parses Retry-After.
+//
+// The client never retries throttled or failed calls itself: it returns what Graph
+// answered, with the Retry-After it asked for, and leaves the decision to the caller.
+package graph
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// API versions.
+const (
+	V1   = "v1.0"
+	Beta = "beta"
+)
+
+// Operations, as passed to Config.Observe and named in metrics.
+const (
+	OpReprocess       = "reprocess"
+	OpGetAssignment   = "get_assignment"
+	OpListAssignments = "list_assignments"
+)
+
+// DefaultTimeout is the per-call timeout when Config.Timeout is zero.
+const DefaultTimeout = 30 * time.Second
+
+// maxBody bounds how much of an answer is read.
+const maxBody = 16 << 20
+
+// Config configures a Client. Its zero value, with Tokens set, calls the public cloud's v1.0.
+type Config struct {
+	// BaseURL is Graph's URL without a version, e.g. https://graph.microsoft.com (the
+	// default). It must be https unless AllowHTTP.
+	BaseURL string
+	// AllowHTTP allows an http BaseURL (tests only: the token would travel in clear).
+	AllowHTTP bool
+	// APIVersion is "v1.0" (the default) or "beta".
+	APIVersion string
+	// Timeout bounds each HTTP call, including a token refresh after a 401; default 30s.
+	Timeout time.Duration
+	// HTTPClient sends the calls; default a client with a tuned transport.
+	HTTPClient *http.Client
+	// Tokens supplies bearer tokens; required.
+	Tokens TokenSource
+	// Observe, if set, is called after each HTTP call with the operation ("reprocess",
+	// "get_assignment", "list_assignments"), the HTTP status ("202") or "error", and the
+	// duration. It must be cheap and safe for concurrent use.
+	Observe func(operation, code string, d time.Duration)
+	// Logger receives a debug record per call; default discards.
+	Logger *slog.Logger
+	// NewID generates client-request-id values; default a random UUID v4.
+	NewID func() string
+}
+
+// TokenSource supplies bearer tokens for Graph.
+type TokenSource interface {
+	// Token returns a token that is believed valid.
+	Token(ctx context.Context) (string, error)
+	// Refresh returns a token newer than stale, fetching one from outside any cache if the
+	// current token is still stale; one refresh serves every caller that saw a 401 with the
+	// same token.
+	Refresh(ctx context.Context, stale string) (string, error)
+}
+
+// Client calls Microsoft Graph. It is safe for concurrent use.
+type Client struct {
+	base       *url.URL // scheme and host (and an optional path prefix) of Graph
+	collection string   // absolute URL of the assignments collection
+	beta       bool
+	timeout    time.Duration
+	http       *http.Client
+	tokens     TokenSource
+	observe    func(operation, code string, d time.Duration)
+	log        *slog.Logger
+	newID      func() string
+}
+
+// New returns a Client for cfg.
+func New(cfg Config) (*Client, error) {
+	if cfg.Tokens == nil {
+		return nil, errors.New("graph config: Tokens is required")
+	}
+	if cfg.Timeout < 0 {
+		return nil, fmt.Errorf("graph config: Timeout %s is negative", cfg.Timeout)
+	}
+	base, err := parseBaseURL(cmp.Or(cfg.BaseURL, "https://graph.microsoft.com"), cfg.AllowHTTP)
+	if err != nil {
+		return nil, fmt.Errorf("graph config: BaseURL: %w", err)
+	}
+	version := cmp.Or(cfg.APIVersion, V1)
+	if version != V1 && version != Beta {
+		return nil, fmt.Errorf("graph config: APIVersion %q: valid values are %s, %s", version, V1, Beta)
+	}
+	c := &Client{
+		base:       base,
+		collection: base.String() + collectionPath(version),
+		beta:       version == Beta,
+		timeout:    cmp.Or(cfg.Timeout, DefaultTimeout),
+		http:       cfg.HTTPClient,
+		tokens:     cfg.Tokens,
+		observe:    cfg.Observe,
+		log:        cfg.Logger,
+		newID:      cfg.NewID,
+	}
+	if c.http == nil {
+		c.http = &http.Client{Transport: NewTransport()}
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.newID == nil {
+		c.newID = NewUUID
+	}
+	return c, nil
+}
+
+func parseBaseURL(s string, allowHTTP bool) (*url.URL, error) {
+	u, err := url.Parse(strings.TrimRight(s, "/"))
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case u.Scheme != "https" && !(allowHTTP && u.Scheme == "http"):
+		return nil, fmt.Errorf("%q: must be https", s)
+	case u.Host == "":
+		return nil, fmt.Errorf("%q: no host", s)
+	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
+		return nil, fmt.Errorf("%q: must hold only scheme, host and path", s)
+	}
+	return u, nil
+}
+
+func collectionPath(version string) string {
+	if version == Beta {
+		return "/beta/identityGovernance/entitlementManagement/accessPackageAssignments"
+	}
+	return "/v1.0/identityGovernance/entitlementManagement/assignments"
+}
+
+// NewTransport returns the default transport: HTTP/2 allowed, TLS 1.2 or later, many idle
+// connections kept per host.
+func NewTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.ForceAttemptHTTP2 = true
+	t.MaxIdleConns = 512
+	t.MaxIdleConnsPerHost = 256
+	t.IdleConnTimeout = 90 * time.Second
+	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	return t
+}
+
+// NewUUID returns a random (version 4) UUID in lower case.
+func NewUUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:], b[10:])
+	return string(s[:])
+}
+
+// Result is what Graph answered to one call (the last HTTP call, after a 401 retry).
+type Result struct {
+	Status          int           // HTTP status; 0 when no answer was had
+	RequestID       string        // Graph's request-id header
+	ClientRequestID string        // the client-request-id sent
+	RetryAfter      time.Duration // Retry-After, when HasRetryAfter
+	HasRetryAfter   bool
+	Error           *APIError // decoded error body of a non-2xx answer, if it had one
+	AuthRetries     int       // 1 when a 401 made the client refresh its token and retry
+	Date            string    // the Date header
+	Diagnostic      string    // the x-ms-ags-diagnostic header
+}
+
+// assignmentURL validates id and returns the assignment's URL; suffix is appended.
+func (c *Client) assignmentURL(id, suffix string) (string, error) {
+	if !ValidID(id) {
+		return "", fmt.Errorf("%w: %q", ErrInvalidID, truncate(id, 64))
+	}
+	return c.collection + "/" + url.PathEscape(strings.ToLower(id)) + suffix, nil
+}
+
+// Reprocess calls the reprocess action for the assignment id. A 202 is success; any other
+// status is returned in the Result with a nil error. A non-nil error wraps ErrInvalidID,
+// ErrToken, ErrTimeout, ErrNetwork or the context's error.
+func (c *Client) Reprocess(ctx context.Context, id string) (Result, error) {
+	u, err := c.assignmentURL(id, "/reprocess")
+	if err != nil {
+		return Result{}, fmt.Errorf("reprocess: %w", err)
+	}
+	_, res, err := c.do(ctx, OpReprocess, http.MethodPost, u)
+	if err != nil {
+		return res, fmt.Errorf("reprocess %s: %w", strings.ToLower(id), err)
+	}
+	return res, nil
+}
+
+// GetAssignment reads the assignment id. The Assignment is set when Graph answered 200; its
+// State is in v1.0's camelCase whatever the API version.
+func (c *Client) GetAssignment(ctx context.Context, id string) (Assignment, Result, error) {
+	u, err := c.assignmentURL(id, "")
+	if err != nil {
+		return Assignment{}, Result{}, fmt.Errorf("get assignment: %w", err)
+	}
+	body, res, err := c.do(ctx, OpGetAssignment, http.MethodGet, u)
+	if err != nil {
+		return Assignment{}, res, fmt.Errorf("get assignment %s: %w", strings.ToLower(id), err)
+	}
+	if res.Status != http.StatusOK {
+		return Assignment{}, res, nil
+	}
+	a, err := decodeAssignment(body, c.beta)
+	if err != nil {
+		return Assignment{}, res, fmt.Errorf("get assignment %s: %w", strings.ToLower(id), err)
+	}
+	return a, res, nil
+}
+
+// ListQuery selects assignments to list.
+type ListQuery struct {
+	// Filter is an OData $filter expression added as is (and-ed with the others).
+	Filter string
+	// State selects assignments in this v1.0 state (e.g. "delivered"); for beta it is
+	// translated to PascalCase.
+	State string
+	// AccessPackageID selects assignments of this access package; it must be a GUID.
+	AccessPackageID string
+	// Top is the page size asked for ($top), 0 for Graph's default; at most 999.
+	Top int
+	// NextLink, when set, is the @odata.nextLink of the previous page, fetched as is; the
+	// other fields are ignored. It must point at the client's BaseURL scheme and host.
+	NextLink string
+}
+
+// ListAssignments fetches one page of assignments. Follow Page.NextLink with another call
+// (ListQuery{NextLink: page.NextLink}) until it is empty.
+func (c *Client) ListAssignments(ctx context.Context, q ListQuery) (Page, Result, error) {
+	u, err := c.listURL(q)
+	if err != nil {
+		return Page{}, Result{}, fmt.Errorf("list assignments: %w", err)
+	}
+	body, res, err := c.do(ctx, OpListAssignments, http.MethodGet, u)
+	if err != nil {
+		return Page{}, res, fmt.Errorf("list assignments: %w", err)
+	}
+	if res.Status != http.StatusOK {
+		return Page{}, res, nil
+	}
+	p, err := decodePage(body, c.beta)
+	if err != nil {
+		return Page{}, res, fmt.Errorf("list assignments: %w", err)
+	}
+	return p, res, nil
+}
+
+func (c *Client) listURL(q ListQuery) (string, error) {
+	if q.NextLink != "" {
+		u, err := url.Parse(q.NextLink)
+		if err != nil {
+			return "", fmt.Errorf("%w: next link: %w", ErrInvalidQuery, err)
+		}
+		if u.Scheme != c.base.Scheme || !strings.EqualFold(u.Host, c.base.Host) || u.User != nil {
+			return "", fmt.Errorf("%w: next link does not point at %s://%s", ErrInvalidQuery, c.base.Scheme, c.base.Host)
+		}
+		return q.NextLink, nil
+	}
+	var filters []string
+	if q.Filter != "" {
+		filters = append(filters, "("+q.Filter+")")
+	}
+	if q.State != "" {
+		if c.beta {
+			filters = append(filters, "assignmentState eq "+odataString(betaState(q.State)))
+		} else {
+			filters = append(filters, "state eq "+odataString(q.State))
+		}
+	}
+	if q.AccessPackageID != "" {
+		if !ValidID(q.AccessPackageID) {
+			return "", fmt.Errorf("%w: access package id %q is not a GUID", ErrInvalidQuery, truncate(q.AccessPackageID, 64))
+		}
+		filters = append(filters, "accessPackage/id eq "+odataString(strings.ToLower(q.AccessPackageID)))
+	}
+	if q.Top < 0 || q.Top > 999 {
+		return "", fmt.Errorf("%w: top %d is not within 0..999", ErrInvalidQuery, q.Top)
+	}
+	var params []string
+	if len(filters) > 0 {
+		params = append(params, "$filter="+queryEscape(strings.Join(filters, " and ")))
+	}
+	if q.Top > 0 {
+		params = append(params, "$top="+strconv.Itoa(q.Top))
+	}
+	if len(params) == 0 {
+		return c.collection, nil
+	}
+	return c.collection + "?" + strings.Join(params, "&"), nil
+}
+
+// odataString quotes s as an OData string literal: single quotes, doubled inside.
+func odataString(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// queryEscape escapes s for a query value, spaces as %20.
+func queryEscape(s string) string {
+	return strings.ReplaceAll(url.QueryEscape(s), "+", "%20")
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// do makes one call, and one more after a 401 with a refreshed token.
+func (c *Client) do(ctx context.Context, op, method, target string) ([]byte, Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	token, err := c.tokens.Token(ctx)
+	if err != nil {
+		return nil, Result{}, tokenError(err)
+	}
+	var res Result
+	for attempt := 0; ; attempt++ {
+		var body []byte
+		body, res, err = c.send(ctx, op, method, target, token)
+		res.AuthRetries = attempt
+		if err != nil || res.Status != http.StatusUnauthorized || attempt > 0 {
+			return body, res, err
+		}
+		if token, err = c.tokens.Refresh(ctx, token); err != nil {
+			return body, res, tokenError(err)
+		}
+	}
+}
+
+// tokenError wraps a token source's error with ErrToken (the context's error stays visible).
+func tokenError(err error) error {
+	if errors.Is(err, ErrToken) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrToken, err)
+}
+
+// callError classifies a failed HTTP call.
+func callError(ctx context.Context, err error) error {
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return fmt.Errorf("%w: %w", ErrTimeout, err)
+	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
+		return err
+	default:
+		return fmt.Errorf("%w: %w", ErrNetwork, err)
+	}
+}
+
+// send makes one HTTP call and reads its answer.
+func (c *Client) send(ctx context.Context, op, method, target, token string) ([]byte, Result, error) {
+	res := Result{ClientRequestID: c.newID()}
+	req, err := http.NewRequestWithContext(ctx, method, target, http.NoBody)
+	if err != nil {
+		return nil, res, fmt.Errorf("%w: %w", ErrNetwork, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("client-request-id", res.ClientRequestID)
+	req.Header.Set("return-client-request-id", "true")
+	req.Header.Set("Accept", "application/json")
+	start := time.Now()
+	resp, err := c.http.Do(req)
+	if err != nil {
+		c.observed(op, "error", time.Since(start))
+		err = callError(ctx, err)
+		c.log.LogAttrs(ctx, slog.LevelDebug, "graph call failed", slog.String("operation", op),
+			slog.String("client_request_id", res.ClientRequestID), slog.Any("error", err))
+		return nil, res, err
+	}
+	body, readErr := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody)) // drain for keep-alive
+	_ = resp.Body.Close()
+	if readErr != nil {
+		c.observed(op, "error", time.Since(start))
+		return nil, res, callError(ctx, readErr)
+	}
+	c.observed(op, strconv.Itoa(resp.StatusCode), time.Since(start))
+	res.Status = resp.StatusCode
+	res.RequestID = resp.Header.Get("request-id")
+	res.Date = resp.Header.Get("Date")
+	res.Diagnostic = resp.Header.Get("x-ms-ags-diagnostic")
+	if h := resp.Header.Get("Retry-After"); h != "" {
+		res.RetryAfter, res.HasRetryAfter = ParseRetryAfter(h, time.Now())
+	}
+	if resp.StatusCode >= 300 {
+		res.Error = decodeAPIError(bytes.TrimSpace(body))
+	}
+	if c.log.Enabled(ctx, slog.LevelDebug) {
+		c.log.LogAttrs(ctx, slog.LevelDebug, "graph call", slog.String("operation", op),
+			slog.Int("status", res.Status), slog.String("request_id", res.RequestID),
+			slog.String("client_request_id", res.ClientRequestID), slog.String("date", res.Date),
+			slog.String("diagnostic", res.Diagnostic), slog.Duration("duration", time.Since(start)))
+	}
+	return body, res, nil
+}
+
+func (c *Client) observed(op, code string, d time.Duration) {
+	if c.observe != nil {
+		c.observe(op, code, d)
+	}
+}

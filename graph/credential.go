@@ -1,0 +1,412 @@
+package graph
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/cenkalti/backoff/v4"
+	"golang.org/x/sync/singleflight"
+)
+
+// Environment variables read by NewCredential (azidentity's names).
+const (
+	EnvTenantID            = "AZURE_TENANT_ID"
+	EnvClientID            = "AZURE_CLIENT_ID"
+	EnvClientSecret        = "AZURE_CLIENT_SECRET"
+	EnvCertificatePath     = "AZURE_CLIENT_CERTIFICATE_PATH"
+	EnvCertificatePassword = "AZURE_CLIENT_CERTIFICATE_PASSWORD"
+	EnvFederatedTokenFile  = "AZURE_FEDERATED_TOKEN_FILE"
+	EnvAuthorityHost       = "AZURE_AUTHORITY_HOST"
+)
+
+// Credential kinds, as reported by Credential.Kind.
+const (
+	KindClientSecret      = "client secret"
+	KindClientCertificate = "client certificate"
+	KindWorkloadIdentity  = "workload identity"
+	KindManagedIdentity   = "managed identity"
+)
+
+// maxRefreshMargin is how long before its expiry a token is replaced.
+const maxRefreshMargin = 5 * time.Minute
+
+// fetchTimeout bounds one token request, whoever waits for it.
+const fetchTimeout = time.Minute
+
+// CredentialOptions configures NewCredential.
+type CredentialOptions struct {
+	// GraphURL is the Graph base URL whose "/.default" scope is asked for; default the
+	// cloud's GraphURL.
+	GraphURL string
+	// HTTPClient, if set, carries the requests to the authority (e.g. one trusting a test CA).
+	HTTPClient *http.Client
+	// Logger receives token failures (WARN) and recoveries; default discards.
+	Logger *slog.Logger
+	// MinBackoff and MaxBackoff bound the delay between failed token requests; defaults 1s
+	// and 1m.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Credential is a TokenSource backed by an azidentity credential chosen from the standard
+// AZURE_* variables. It caches the current token and replaces it shortly before it expires;
+// after a failure it does not ask the authority again before its backoff delay is over.
+// It is safe for concurrent use.
+type Credential struct {
+	kind    string
+	scope   string
+	newCred func() (azcore.TokenCredential, error)
+	secrets []string
+	log     *slog.Logger
+	now     func() time.Time
+	flight  singleflight.Group
+
+	mu        sync.Mutex
+	cred      azcore.TokenCredential
+	token     string
+	expires   time.Time
+	refreshAt time.Time
+	lastErr   error
+	nextTry   time.Time
+	backoff   *backoff.ExponentialBackOff
+}
+
+// NewCredential returns a Credential configured by env (os.Getenv if nil): a client secret
+// (AZURE_CLIENT_SECRET), else a certificate (AZURE_CLIENT_CERTIFICATE_PATH, with
+// AZURE_CLIENT_CERTIFICATE_PASSWORD), else workload identity (AZURE_FEDERATED_TOKEN_FILE),
+// else managed identity (with AZURE_CLIENT_ID as a user-assigned identity, if set). The
+// authority is AZURE_AUTHORITY_HOST (https only; instance discovery is then disabled), else
+// the cloud's.
+func NewCredential(env func(string) string, c Cloud, opts CredentialOptions) (*Credential, error) {
+	if env == nil {
+		env = os.Getenv
+	}
+	graphURL, err := parseBaseURL(cmp.Or(opts.GraphURL, c.GraphURL, "https://graph.microsoft.com"), false)
+	if err != nil {
+		return nil, fmt.Errorf("credential: graph URL: %w", err)
+	}
+	authority := cmp.Or(c.AuthorityHost, "https://login.microsoftonline.com/")
+	customAuthority := env(EnvAuthorityHost) != ""
+	if customAuthority {
+		u, err := url.Parse(env(EnvAuthorityHost))
+		if err != nil || u.Scheme != "https" || u.Host == "" {
+			return nil, fmt.Errorf("credential: %s %q: must be an https URL", EnvAuthorityHost, env(EnvAuthorityHost))
+		}
+		authority = strings.TrimRight(u.String(), "/") + "/"
+	}
+	clientOpts := azcore.ClientOptions{Cloud: cloud.Configuration{ActiveDirectoryAuthorityHost: authority}}
+	if opts.HTTPClient != nil {
+		clientOpts.Transport = opts.HTTPClient
+	}
+	tenant, client := env(EnvTenantID), env(EnvClientID)
+	cr := &Credential{
+		scope: graphURL.String() + "/.default",
+		log:   cmp.Or(opts.Logger, slog.New(slog.DiscardHandler)),
+		now:   time.Now,
+	}
+	needIDs := func() error {
+		if tenant == "" || client == "" {
+			return fmt.Errorf("credential: %s needs %s and %s", cr.kind, EnvTenantID, EnvClientID)
+		}
+		return nil
+	}
+	switch {
+	case env(EnvClientSecret) != "":
+		cr.kind = KindClientSecret
+		secret := env(EnvClientSecret)
+		cr.secrets = []string{secret}
+		cr.newCred = func() (azcore.TokenCredential, error) {
+			return azidentity.NewClientSecretCredential(tenant, client, secret, &azidentity.ClientSecretCredentialOptions{
+				ClientOptions: clientOpts, DisableInstanceDiscovery: customAuthority,
+			})
+		}
+	case env(EnvCertificatePath) != "":
+		cr.kind = KindClientCertificate
+		path, password := env(EnvCertificatePath), env(EnvCertificatePassword)
+		if password != "" {
+			cr.secrets = []string{password}
+		}
+		cr.newCred = func() (azcore.TokenCredential, error) {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return nil, fmt.Errorf("read %s: %w", EnvCertificatePath, err)
+			}
+			certs, key, err := azidentity.ParseCertificates(data, []byte(password))
+			if err != nil {
+				return nil, fmt.Errorf("parse certificate %s: %w", path, err)
+			}
+			return azidentity.NewClientCertificateCredential(tenant, client, certs, key, &azidentity.ClientCertificateCredentialOptions{
+				ClientOptions: clientOpts, DisableInstanceDiscovery: customAuthority,
+			})
+		}
+	case env(EnvFederatedTokenFile) != "":
+		cr.kind = KindWorkloadIdentity
+		file := env(EnvFederatedTokenFile)
+		cr.newCred = func() (azcore.TokenCredential, error) {
+			return azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{
+				ClientOptions: clientOpts, ClientID: client, TenantID: tenant, TokenFilePath: file,
+				DisableInstanceDiscovery: customAuthority,
+			})
+		}
+	default:
+		cr.kind = KindManagedIdentity
+		miOpts := &azidentity.ManagedIdentityCredentialOptions{ClientOptions: clientOpts}
+		if client != "" {
+			miOpts.ID = azidentity.ClientID(client)
+		}
+		cr.newCred = func() (azcore.TokenCredential, error) { return azidentity.NewManagedIdentityCredential(miOpts) }
+	}
+	if cr.kind != KindManagedIdentity {
+		if err := needIDs(); err != nil {
+			return nil, err
+		}
+	}
+	if cr.cred, err = cr.newCred(); err != nil {
+		return nil, fmt.Errorf("credential: %s: %s", cr.kind, cr.redact(err.Error()))
+	}
+	cr.backoff = backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(cmp.Or(opts.MinBackoff, time.Second)),
+		backoff.WithMaxInterval(cmp.Or(opts.MaxBackoff, time.Minute)),
+		backoff.WithMaxElapsedTime(0),
+	)
+	return cr, nil
+}
+
+// Kind says which credential the variables chose: "client secret", "client certificate",
+// "workload identity" or "managed identity".
+func (c *Credential) Kind() string { return c.kind }
+
+// Scope is the scope asked for: the Graph base URL with "/.default".
+func (c *Credential) Scope() string { return c.scope }
+
+// Token returns the current token, fetching one when there is none or it is about to
+// expire. While the authority fails, it returns the last error (wrapping ErrToken) until the
+// next attempt is due.
+func (c *Credential) Token(ctx context.Context) (string, error) {
+	c.mu.Lock()
+	now := c.now()
+	switch {
+	case c.token != "" && now.Before(c.refreshAt):
+		t := c.token
+		c.mu.Unlock()
+		return t, nil
+	case c.lastErr != nil && now.Before(c.nextTry):
+		t, err := c.token, c.lastErr
+		valid := t != "" && now.Before(c.expires)
+		c.mu.Unlock()
+		if valid {
+			return t, nil
+		}
+		return "", err
+	}
+	c.mu.Unlock()
+	return c.fetch(ctx, "token", false)
+}
+
+// Refresh returns a token other than stale, from a new azidentity credential (whose cache
+// cannot hold stale) unless another caller already replaced stale. Concurrent callers with
+// the same stale token share one request to the authority.
+func (c *Credential) Refresh(ctx context.Context, stale string) (string, error) {
+	c.mu.Lock()
+	now := c.now()
+	switch {
+	case c.token != "" && c.token != stale && now.Before(c.expires):
+		t := c.token
+		c.mu.Unlock()
+		return t, nil
+	case c.lastErr != nil && now.Before(c.nextTry):
+		err := c.lastErr
+		c.mu.Unlock()
+		return "", err
+	}
+	c.mu.Unlock()
+	return c.fetch(ctx, "refresh:"+stale, true)
+}
+
+// fetch asks the authority once for every caller with the same key; a caller whose ctx
+// ends stops waiting without cancelling the request for the others.
+func (c *Credential) fetch(ctx context.Context, key string, fresh bool) (string, error) {
+	ch := c.flight.DoChan(key, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+		defer cancel()
+		return c.obtain(fctx, fresh)
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return "", r.Err
+		}
+		return r.Val.(string), nil
+	case <-ctx.Done():
+		return "", fmt.Errorf("%w: waiting for token: %w", ErrToken, ctx.Err())
+	}
+}
+
+// obtain requests a token, from a new credential when fresh, and records the outcome.
+func (c *Credential) obtain(ctx context.Context, fresh bool) (string, error) {
+	c.mu.Lock()
+	cred, old := c.cred, c.token
+	c.mu.Unlock()
+	var err error
+	if fresh {
+		cred, err = c.newCred()
+	}
+	var at azcore.AccessToken
+	if err == nil {
+		at, err = cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{c.scope}})
+	}
+	if err == nil && !fresh && at.Token == old {
+		// The credential's cache handed back the token being replaced: go around it.
+		fresh = true
+		if cred, err = c.newCred(); err == nil {
+			at, err = cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{c.scope}})
+		}
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	if err != nil {
+		c.lastErr = c.wrap(err)
+		wait := c.backoff.NextBackOff()
+		c.nextTry = now.Add(wait)
+		c.log.LogAttrs(ctx, slog.LevelWarn, "graph token request failed", slog.String("credential", c.kind),
+			slog.String("reason", c.lastErr.(*TokenError).Reason), slog.Duration("next_attempt_in", wait))
+		return "", c.lastErr
+	}
+	if c.lastErr != nil {
+		c.log.LogAttrs(ctx, slog.LevelInfo, "graph token obtained after failures", slog.String("credential", c.kind))
+	}
+	if fresh {
+		c.cred = cred
+	}
+	c.token, c.expires = at.Token, at.ExpiresOn
+	c.refreshAt = at.ExpiresOn.Add(-min(maxRefreshMargin, at.ExpiresOn.Sub(now)/2))
+	c.lastErr, c.nextTry = nil, time.Time{}
+	c.backoff.Reset()
+	return at.Token, nil
+}
+
+// Run keeps a token fresh until ctx ends: it obtains one at once, replaces it before it
+// expires and retries failures with exponential backoff.
+func (c *Credential) Run(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		_, _ = c.Token(ctx)
+		c.mu.Lock()
+		next := c.refreshAt
+		if c.lastErr != nil {
+			next = c.nextTry
+		}
+		wait := max(next.Sub(c.now()), 10*time.Millisecond)
+		c.mu.Unlock()
+		timer.Reset(wait)
+	}
+}
+
+// Ready reports whether a token that has not expired is held.
+func (c *Credential) Ready() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.token != "" && c.now().Before(c.expires)
+}
+
+// LastError returns the error of the last token request, nil if it succeeded.
+func (c *Credential) LastError() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastErr
+}
+
+// TokenError is a failed token request. Its message holds the authority's reason (such as
+// "invalid_client: AADSTS7000215: Invalid client secret provided.") and never a secret.
+type TokenError struct {
+	Kind   string // the credential kind
+	Reason string // the authority's reason, or the failure's text, secrets removed
+	Status int    // the authority's HTTP status, 0 if none
+	cause  error
+}
+
+// Error implements error.
+func (e *TokenError) Error() string {
+	return ErrToken.Error() + ": " + e.Kind + ": " + e.Reason
+}
+
+// Is makes errors.Is(err, ErrToken) true.
+func (e *TokenError) Is(target error) bool { return target == ErrToken }
+
+// Unwrap returns the underlying error (whose own text may be long; it holds no secret
+// sent by this process but is not redacted).
+func (e *TokenError) Unwrap() error { return e.cause }
+
+func (c *Credential) wrap(err error) *TokenError {
+	e := &TokenError{Kind: c.kind, cause: err}
+	var af *azidentity.AuthenticationFailedError
+	if errors.As(err, &af) && af.RawResponse != nil {
+		e.Status = af.RawResponse.StatusCode
+		e.Reason = authorityReason(af.RawResponse)
+	}
+	if e.Reason == "" {
+		e.Reason = firstLine(err.Error())
+	}
+	e.Reason = c.redact(e.Reason)
+	return e
+}
+
+// authorityReason extracts "error: first line of error_description" from an OAuth error.
+func authorityReason(resp *http.Response) string {
+	body, err := runtime.Payload(resp)
+	if err != nil {
+		return ""
+	}
+	var b struct {
+		Error       string `json:"error"`
+		Description string `json:"error_description"`
+	}
+	if json.Unmarshal(body, &b) != nil || b.Error == "" && b.Description == "" {
+		return fmt.Sprintf("HTTP %d: %s", resp.StatusCode, truncate(firstLine(string(body)), 200))
+	}
+	desc := firstLine(b.Description)
+	if b.Error == "" {
+		return desc
+	}
+	return b.Error + ": " + desc
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		s = strings.TrimSpace(s[:i])
+	}
+	return s
+}
+
+// redact removes the configured secrets from s.
+func (c *Credential) redact(s string) string {
+	for _, secret := range c.secrets {
+		if secret != "" {
+			s = strings.ReplaceAll(s, secret, "[redacted]")
+		}
+	}
+	return s
+}
