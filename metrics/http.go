@@ -27,11 +27,17 @@ type Check struct {
 //     "name: error" for each failing check.
 //
 // Any other path is 404; another method on these paths is 405. A nil logger discards.
+// Handler panics if a check has no Name or no Func: that is a wiring bug.
 func Handler(g prometheus.Gatherer, ready []Check, logger *slog.Logger) http.Handler {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	ready = append([]Check(nil), ready...)
+	for i, c := range ready {
+		if c.Name == "" || c.Func == nil {
+			panic(fmt.Sprintf("metrics: readiness check %d (%q) needs a Name and a Func", i, c.Name))
+		}
+	}
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{

@@ -181,3 +181,17 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}
 }
+
+func TestHandlerPanicsOnIncompleteCheck(t *testing.T) {
+	t.Parallel()
+	for _, c := range []Check{{Name: "nats"}, {Func: pass}} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("Handler accepted check %+v", c)
+				}
+			}()
+			Handler(prometheus.NewRegistry(), []Check{c}, nil)
+		}()
+	}
+}

@@ -303,8 +303,15 @@ func (m *Metrics) EventPublishFailed() { m.eventPublishFailures.Inc() }
 // CircuitOpen records whether the 403 circuit is open.
 func (m *Metrics) CircuitOpen(open bool) { m.circuitOpen.Set(flag(open)) }
 
-// LastSuccess records the time of the last request accepted by Graph.
-func (m *Metrics) LastSuccess(t time.Time) { m.lastSuccess.Set(float64(t.UnixNano()) / 1e9) }
+// LastSuccess records the time of the last request accepted by Graph; the zero time
+// records 0, "never".
+func (m *Metrics) LastSuccess(t time.Time) {
+	if t.IsZero() {
+		m.lastSuccess.Set(0)
+		return
+	}
+	m.lastSuccess.Set(float64(t.Unix()) + float64(t.Nanosecond())/1e9)
+}
 
 // ObserveGraph counts one Graph HTTP call and records its duration. The graph client calls it
 // for every call. operation is one of [GraphOperations]; code is the HTTP status as three

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -401,4 +402,58 @@ func observeOneMessage(m *Metrics) {
 	m.LastSuccess(time.Unix(1700000000, 0))
 	m.Completed(worker.KindAccepted, 90*time.Millisecond)
 	m.InFlight(-1)
+}
+
+func TestLastSuccess(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		t    time.Time
+		want float64
+	}{
+		{"whole seconds", time.Unix(1700000000, 0), 1700000000},
+		{"fraction", time.Unix(1700000000, 250_000_000), 1700000000.25},
+		{"zero means never", time.Time{}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			m, _ := setup(t)
+			m.LastSuccess(tc.t)
+			if got := testutil.ToFloat64(m.lastSuccess); got != tc.want {
+				t.Errorf("last success = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestObserverConcurrentUse(t *testing.T) {
+	t.Parallel()
+	m, reg := setup(t)
+	const goroutines, rounds = 4, 50
+	var wg sync.WaitGroup
+	for range goroutines {
+		wg.Go(func() {
+			for range rounds {
+				exerciseAll(m)
+			}
+		})
+	}
+	wg.Wait()
+
+	const want = `
+# HELP reprocessor_retries_total Graph calls retried, by reason.
+# TYPE reprocessor_retries_total counter
+reprocessor_retries_total{reason="network"} 200
+reprocessor_retries_total{reason="other"} 200
+reprocessor_retries_total{reason="server_error"} 200
+reprocessor_retries_total{reason="throttled"} 200
+reprocessor_retries_total{reason="timeout"} 200
+reprocessor_retries_total{reason="unauthorized"} 200
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "reprocessor_retries_total"); err != nil {
+		t.Error(err)
+	}
+	if got := testutil.ToFloat64(m.inFlight); got != goroutines*rounds {
+		t.Errorf("in flight = %v, want %d", got, goroutines*rounds)
+	}
 }
