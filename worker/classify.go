@@ -1,0 +1,78 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// verdict is what one Graph answer means for the request, the closed set every answer is
+// classified into. decide maps each verdict to ack, retry or nak in one place.
+type verdict int
+
+const (
+	verdictAccepted   verdict = iota // 2xx: done
+	verdictPermanent                 // 400, 404, 409, other 4xx: failed, dead-lettered
+	verdictForbidden                 // 403, or 401 after the client refreshed its token: failed, counts toward the circuit
+	verdictThrottled                 // 429, 503, 504: Retry-After for the whole process, retry
+	verdictRetry                     // other 5xx, 408, network error, timeout: backoff, retry
+	verdictCredential                // no token: hold the message until one is obtained
+)
+
+// classification is a classified Graph answer.
+type classification struct {
+	verdict verdict
+	code    string // the error code for failed events (permanent and forbidden verdicts)
+	reason  string // the retry reason (throttled and retry verdicts)
+	detail  string
+}
+
+// classify sorts one Graph answer into a verdict.
+func classify(resp Response, err error) classification {
+	if err != nil {
+		switch {
+		case errors.Is(err, ErrCredential):
+			return classification{verdict: verdictCredential, reason: RetryUnauthorized, detail: err.Error()}
+		case errors.Is(err, ErrTimeout):
+			return classification{verdict: verdictRetry, reason: RetryTimeout, detail: err.Error()}
+		default:
+			return classification{verdict: verdictRetry, reason: RetryNetwork, detail: err.Error()}
+		}
+	}
+	s := resp.Status
+	detail := graphDetail(resp)
+	switch {
+	case s >= 200 && s < 300:
+		return classification{verdict: verdictAccepted}
+	case s == http.StatusTooManyRequests, s == http.StatusServiceUnavailable, s == http.StatusGatewayTimeout:
+		return classification{verdict: verdictThrottled, reason: RetryThrottled, detail: detail}
+	case s == http.StatusRequestTimeout:
+		return classification{verdict: verdictRetry, reason: RetryTimeout, detail: detail}
+	case s >= 500:
+		return classification{verdict: verdictRetry, reason: RetryServerError, detail: detail}
+	case s == http.StatusUnauthorized:
+		return classification{verdict: verdictForbidden, code: CodeUnauthorized, detail: detail}
+	case s == http.StatusForbidden:
+		return classification{verdict: verdictForbidden, code: CodeForbidden, detail: detail}
+	case s == http.StatusBadRequest:
+		return classification{verdict: verdictPermanent, code: CodeBadRequest, detail: detail}
+	case s == http.StatusNotFound:
+		return classification{verdict: verdictPermanent, code: CodeNotFound, detail: detail}
+	case s == http.StatusConflict:
+		return classification{verdict: verdictPermanent, code: CodeConflict, detail: detail}
+	default:
+		return classification{verdict: verdictPermanent, code: CodeAPIError, detail: detail}
+	}
+}
+
+// graphDetail describes a Graph error answer for events and dead letters.
+func graphDetail(resp Response) string {
+	text := fmt.Sprintf("Graph answered %d %s", resp.Status, http.StatusText(resp.Status))
+	if resp.ErrorCode != "" {
+		text += ": " + resp.ErrorCode
+	}
+	if resp.ErrorMessage != "" {
+		text += ": " + resp.ErrorMessage
+	}
+	return text
+}

@@ -1,0 +1,108 @@
+package worker
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestClassify covers every row of the outcomes table (DESIGN section 4).
+func TestClassify(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		status int
+		err    error
+		want   verdict
+		code   string
+		reason string
+	}{
+		{202, nil, verdictAccepted, "", ""},
+		{200, nil, verdictAccepted, "", ""},
+		{400, nil, verdictPermanent, CodeBadRequest, ""},
+		{404, nil, verdictPermanent, CodeNotFound, ""},
+		{409, nil, verdictPermanent, CodeConflict, ""},
+		{410, nil, verdictPermanent, CodeAPIError, ""},
+		{422, nil, verdictPermanent, CodeAPIError, ""},
+		{301, nil, verdictPermanent, CodeAPIError, ""},
+		{401, nil, verdictForbidden, CodeUnauthorized, ""},
+		{403, nil, verdictForbidden, CodeForbidden, ""},
+		{429, nil, verdictThrottled, "", RetryThrottled},
+		{503, nil, verdictThrottled, "", RetryThrottled},
+		{504, nil, verdictThrottled, "", RetryThrottled},
+		{500, nil, verdictRetry, "", RetryServerError},
+		{502, nil, verdictRetry, "", RetryServerError},
+		{408, nil, verdictRetry, "", RetryTimeout},
+		{0, fmt.Errorf("dial: %w", ErrNetwork), verdictRetry, "", RetryNetwork},
+		{0, fmt.Errorf("call: %w", ErrTimeout), verdictRetry, "", RetryTimeout},
+		{0, fmt.Errorf("token: %w", ErrCredential), verdictCredential, "", RetryUnauthorized},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%d %v", tt.status, tt.err), func(t *testing.T) {
+			got := classify(Response{Status: tt.status, ErrorCode: "UnknownError"}, tt.err)
+			if got.verdict != tt.want || got.code != tt.code || got.reason != tt.reason {
+				t.Fatalf("classify = %+v, want verdict %d code %q reason %q", got, tt.want, tt.code, tt.reason)
+			}
+		})
+	}
+}
+
+func TestBackoffDelay(t *testing.T) {
+	t.Parallel()
+	b := Backoff{Initial: time.Second, Max: 10 * time.Second}
+	one := func() float64 { return 0.999999999 }
+	half := func() float64 { return 0.5 }
+	tests := []struct {
+		attempt int
+		resp    Response
+		rnd     func() float64
+		want    time.Duration
+	}{
+		{1, Response{}, one, time.Second},
+		{2, Response{}, one, 2 * time.Second},
+		{3, Response{}, one, 4 * time.Second},
+		{4, Response{}, one, 8 * time.Second},
+		{5, Response{}, one, 10 * time.Second},
+		{50, Response{}, one, 10 * time.Second},
+		{3, Response{}, half, 2 * time.Second},
+		{3, Response{}, func() float64 { return 0 }, 0},
+		{1, Response{HasRetryAfter: true, RetryAfter: 1500 * time.Millisecond}, one, 1500 * time.Millisecond},
+		{9, Response{HasRetryAfter: true, RetryAfter: 2128 * time.Millisecond}, half, 2128 * time.Millisecond},
+		{1, Response{HasRetryAfter: true, RetryAfter: 0}, one, 0},
+	}
+	for _, tt := range tests {
+		got := b.Delay(tt.attempt, tt.resp, tt.rnd)
+		if got.Round(time.Millisecond) != tt.want {
+			t.Errorf("Delay(%d, %+v) = %s, want %s", tt.attempt, tt.resp, got, tt.want)
+		}
+	}
+}
+
+func TestCoalescer(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1000, 0)
+	c := newCoalescer(time.Minute)
+	const a = "0c5a5b2e-7f1c-4b4e-9a53-6a1f0e0d9b12"
+	if got := c.claim(a, 1, now); got != claimProceed {
+		t.Fatalf("first claim = %d", got)
+	}
+	if got := c.claim(a, 2, now); got != claimCoalesce {
+		t.Fatalf("duplicate in flight = %d", got)
+	}
+	if got := c.claim(a, 1, now); got != claimSameInFlight {
+		t.Fatalf("same message twice = %d", got)
+	}
+	c.release(a, 1, true, now)
+	if got := c.claim(a, 3, now.Add(30*time.Second)); got != claimCoalesce {
+		t.Fatalf("duplicate just accepted = %d", got)
+	}
+	if got := c.claim(a, 1, now.Add(30*time.Second)); got != claimSameAccepted {
+		t.Fatalf("redelivery of the accepted message = %d", got)
+	}
+	if got := c.claim(a, 4, now.Add(2*time.Minute)); got != claimProceed {
+		t.Fatalf("after the window = %d", got)
+	}
+	c.release(a, 4, false, now.Add(2*time.Minute))
+	if got := c.claim(a, 5, now.Add(2*time.Minute)); got != claimProceed {
+		t.Fatalf("after a failure = %d", got)
+	}
+}

@@ -1,0 +1,611 @@
+package worker
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config tunes the worker. The zero value of each field means its default.
+type Config struct {
+	Source           string        // the CloudEvent source, "reprocessor/<instance>"
+	Concurrency      int           // messages worked at once; default 16
+	MaxDeliver       int           // deliveries before a retryable failure ends retries_exhausted; default 5
+	DeliveryBudget   time.Duration // time one delivery may spend retrying in process before it is nak'd; default 1m
+	Backoff          Backoff       // retry delays; default 1s doubling to 1m, full jitter
+	CoalesceWindow   time.Duration // how long an accepted id coalesces duplicates; default 1m, negative turns it off
+	CircuitThreshold int           // consecutive 403s (or 401s after a refresh) that open the circuit; default 20
+	CircuitCooldown  time.Duration // how long the circuit stays open before a probe; default 30s
+	Heartbeat        time.Duration // how often a long-running message is marked in progress; default 10s
+	ShutdownTimeout  time.Duration // how long in-flight work may take to finish at shutdown; default 30s
+	ShutdownNakDelay time.Duration // redelivery delay of what shutdown hands back; default 1s
+	Logger           *slog.Logger
+	Now              func() time.Time // default time.Now
+	Rand             func() float64   // [0,1); default math/rand/v2
+}
+
+func (c Config) withDefaults() Config {
+	c.Source = cmp.Or(c.Source, "reprocessor/local")
+	c.Concurrency = cmp.Or(c.Concurrency, 16)
+	c.MaxDeliver = cmp.Or(c.MaxDeliver, 5)
+	c.DeliveryBudget = cmp.Or(c.DeliveryBudget, time.Minute)
+	c.Backoff.Initial = cmp.Or(c.Backoff.Initial, time.Second)
+	c.Backoff.Max = cmp.Or(c.Backoff.Max, time.Minute)
+	c.CoalesceWindow = cmp.Or(c.CoalesceWindow, time.Minute)
+	c.CircuitThreshold = cmp.Or(c.CircuitThreshold, 20)
+	c.CircuitCooldown = cmp.Or(c.CircuitCooldown, 30*time.Second)
+	c.Heartbeat = cmp.Or(c.Heartbeat, 10*time.Second)
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, 30*time.Second)
+	c.ShutdownNakDelay = cmp.Or(c.ShutdownNakDelay, time.Second)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Float64
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if c.Concurrency < 1 {
+		errs = append(errs, fmt.Errorf("concurrency must be at least 1, got %d", c.Concurrency))
+	}
+	if c.MaxDeliver < 1 {
+		errs = append(errs, fmt.Errorf("max deliver must be at least 1, got %d", c.MaxDeliver))
+	}
+	if c.CircuitThreshold < 1 {
+		errs = append(errs, fmt.Errorf("circuit threshold must be at least 1, got %d", c.CircuitThreshold))
+	}
+	if c.Backoff.Max < c.Backoff.Initial {
+		errs = append(errs, fmt.Errorf("backoff max %s is below backoff initial %s", c.Backoff.Max, c.Backoff.Initial))
+	}
+	return errors.Join(errs...)
+}
+
+// Deps are the adapters the worker drives.
+type Deps struct {
+	Source      Source
+	Graph       Graph
+	Events      EventPublisher
+	DeadLetters DeadLetterer
+	Limiter     Limiter      // nil: no rate limit
+	Observer    Observer     // nil: nothing observed
+	Hold        func() error // optional: while it returns an error, nothing is fetched (e.g. no Graph token yet)
+}
+
+// Worker takes request messages from a Source and settles each one.
+type Worker struct {
+	cfg  Config
+	deps Deps
+	log  *slog.Logger
+	obs  Observer
+
+	gate     *gate
+	circuit  *circuit
+	co       *coalescer
+	attempts attemptLog
+	beats    heartbeats
+
+	inflight  atomic.Int64
+	handlers  sync.WaitGroup
+	slotFreed chan struct{}
+	credDown  atomic.Bool
+}
+
+// New returns a worker; it does nothing until Run.
+func New(cfg Config, deps Deps) (*Worker, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("worker config: %w", err)
+	}
+	if deps.Source == nil || deps.Graph == nil || deps.Events == nil || deps.DeadLetters == nil {
+		return nil, errors.New("worker: Source, Graph, Events and DeadLetters are required")
+	}
+	obs := deps.Observer
+	if obs == nil {
+		obs = nopObserver{}
+	}
+	w := &Worker{
+		cfg:       cfg,
+		deps:      deps,
+		log:       cfg.Logger,
+		obs:       obs,
+		gate:      &gate{now: cfg.Now, obs: obs},
+		circuit:   newCircuit(cfg.CircuitThreshold, cfg.CircuitCooldown, cfg.Now, obs),
+		co:        newCoalescer(max(cfg.CoalesceWindow, 0)),
+		attempts:  attemptLog{m: make(map[uint64]int)},
+		beats:     heartbeats{m: make(map[Message]time.Time)},
+		slotFreed: make(chan struct{}, 1),
+	}
+	obs.CircuitOpen(false)
+	obs.Throttled(false)
+	return w, nil
+}
+
+// Ready reports why the worker should not be sent traffic: the circuit is open, or Graph
+// tokens cannot be had.
+func (w *Worker) Ready() error {
+	if err := w.circuit.err(); err != nil {
+		return err
+	}
+	if w.credDown.Load() {
+		return errors.New("holding messages: no Graph token can be obtained")
+	}
+	return nil
+}
+
+// Run fetches and works messages until ctx is done, then shuts down in order: it stops
+// fetching, lets in-flight work finish within the shutdown timeout, hands back with a short
+// delay whatever is still waiting, and returns once every message is settled or handed back.
+func (w *Worker) Run(ctx context.Context) error {
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	beatsDone := make(chan struct{})
+	go func() {
+		defer close(beatsDone)
+		w.beats.run(work, w.cfg.Heartbeat, w.cfg.Now)
+	}()
+
+	w.fetchLoop(ctx, work)
+
+	w.log.Info("stopping: no more fetching; waiting for in-flight work", "in_flight", w.inflight.Load(), "timeout", w.cfg.ShutdownTimeout)
+	finished := make(chan struct{})
+	go func() {
+		w.handlers.Wait()
+		close(finished)
+	}()
+	timer := time.NewTimer(w.cfg.ShutdownTimeout)
+	defer timer.Stop()
+	select {
+	case <-finished:
+	case <-timer.C:
+		w.log.Warn("shutdown timeout: handing back unfinished messages", "in_flight", w.inflight.Load())
+		cancelWork()
+		<-finished
+	}
+	cancelWork()
+	<-beatsDone
+	w.log.Info("worker stopped")
+	return nil
+}
+
+func (w *Worker) fetchLoop(ctx, work context.Context) {
+	errDelay := Backoff{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
+	failures := 0
+	for ctx.Err() == nil {
+		free := w.allowed() - int(w.inflight.Load())
+		if free <= 0 {
+			w.waitSlot(ctx, 250*time.Millisecond)
+			continue
+		}
+		err := w.deps.Source.Fetch(ctx, free, func(m Message) { w.start(ctx, work, m) })
+		if err != nil && ctx.Err() == nil {
+			failures++
+			d := errDelay.ceiling(failures)
+			w.log.Warn("fetch failed; retrying", "err", err, "in", d)
+			sleep(ctx, d)
+			continue
+		}
+		failures = 0
+	}
+}
+
+// allowed is how many messages may be in flight now.
+func (w *Worker) allowed() int {
+	if open, probeDue := w.circuit.state(); open {
+		if probeDue {
+			return 1
+		}
+		return 0
+	}
+	if w.credDown.Load() {
+		return 1
+	}
+	if w.deps.Hold != nil {
+		if err := w.deps.Hold(); err != nil {
+			return 0
+		}
+	}
+	return w.cfg.Concurrency
+}
+
+func (w *Worker) waitSlot(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-w.slotFreed:
+	case <-t.C:
+	}
+}
+
+func (w *Worker) start(ctx, work context.Context, m Message) {
+	w.inflight.Add(1)
+	w.obs.InFlight(1)
+	w.handlers.Add(1)
+	w.beats.add(m, w.cfg.Now())
+	go func() {
+		defer w.handlers.Done()
+		defer func() {
+			w.beats.remove(m)
+			w.inflight.Add(-1)
+			w.obs.InFlight(-1)
+			select {
+			case w.slotFreed <- struct{}{}:
+			default:
+			}
+		}()
+		w.handle(ctx, work, m)
+	}()
+}
+
+// result is how a request ends.
+type result struct {
+	kind     string
+	code     string
+	detail   string
+	resp     Response
+	attempts int
+}
+
+// handle settles one message: a terminal event (and a dead letter where due) then an ack,
+// or a nak that hands it back for a later delivery.
+func (w *Worker) handle(ctx, work context.Context, m Message) {
+	d := m.Delivery()
+	began := w.cfg.Now()
+	w.obs.MessageReceived(d.NumDelivered > 1)
+	w.obs.QueueWait(began.Sub(d.Timestamp))
+	if ctx.Err() != nil {
+		w.handBack(m, d, w.cfg.ShutdownNakDelay, "shutting down")
+		return
+	}
+
+	req, err := Decode(d.Data)
+	if err != nil {
+		var de *DecodeError
+		errors.As(err, &de)
+		w.settle(work, m, d, req, result{kind: KindRejected, code: de.Code, detail: de.Detail}, began)
+		return
+	}
+
+	switch w.co.claim(req.ID, d.StreamSeq, began) {
+	case claimSameInFlight:
+		return // a second delivery of a message this process is still working: that work settles it
+	case claimCoalesce:
+		w.settle(work, m, d, req, result{kind: KindCoalesced}, began)
+		return
+	case claimSameAccepted:
+		w.settle(work, m, d, req, result{kind: KindAccepted, attempts: w.attempts.get(d.StreamSeq)}, began)
+		return
+	}
+	accepted := false
+	defer func() { w.co.release(req.ID, d.StreamSeq, accepted, w.cfg.Now()) }()
+
+	res, nakDelay, terminal := w.call(ctx, work, d, req, began)
+	if !terminal {
+		w.handBack(m, d, nakDelay, res.detail)
+		return
+	}
+	accepted = w.settle(work, m, d, req, res, began) && res.kind == KindAccepted
+}
+
+// call makes Graph calls for req until an answer settles it or the message must be handed
+// back with the returned delay.
+func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began time.Time) (res result, nakDelay time.Duration, terminal bool) {
+	attempts := w.attempts.get(d.StreamSeq)
+	defer func() {
+		if terminal {
+			w.attempts.forget(d.StreamSeq)
+		} else {
+			w.attempts.set(d.StreamSeq, attempts)
+		}
+	}()
+	deadline := began.Add(w.cfg.DeliveryBudget)
+	retries, credRetries := 0, 0
+	stopping := result{detail: "shutting down"}
+	for {
+		probe, err := w.circuit.admit(ctx)
+		if err != nil {
+			return stopping, w.cfg.ShutdownNakDelay, false
+		}
+		if err := w.pace(ctx); err != nil {
+			w.circuit.abandon(probe)
+			return stopping, w.cfg.ShutdownNakDelay, false
+		}
+		resp, err := w.deps.Graph.Reprocess(work, req.ID)
+		for range resp.AuthRetries {
+			w.obs.Retry(RetryUnauthorized)
+		}
+		c := classify(resp, err)
+		if c.verdict == verdictCredential {
+			w.circuit.abandon(probe)
+			if !w.credDown.Swap(true) {
+				w.log.Warn("no Graph token: holding messages and pausing fetches until one is obtained", "err", err)
+			}
+			credRetries++
+			if !sleep(ctx, Backoff{Initial: time.Second, Max: 30 * time.Second}.Delay(credRetries, Response{}, w.cfg.Rand)) {
+				return stopping, w.cfg.ShutdownNakDelay, false
+			}
+			continue
+		}
+		if w.credDown.Swap(false) {
+			w.log.Info("Graph token obtained again: resuming")
+		}
+		attempts++
+		res = result{resp: resp, attempts: attempts, code: c.code, detail: c.detail}
+		switch c.verdict {
+		case verdictAccepted:
+			w.circuit.record(false, probe)
+			res.kind = KindAccepted
+			return res, 0, true
+		case verdictPermanent:
+			w.circuit.record(false, probe)
+			res.kind = KindFailed
+			return res, 0, true
+		case verdictForbidden:
+			wasOpen, _ := w.circuit.state()
+			w.circuit.record(true, probe)
+			if !wasOpen {
+				res.kind = KindFailed
+				return res, 0, true
+			}
+			// The circuit was already open: this answer says nothing about this message. Hold
+			// it until a probe gets through.
+			w.logFor(d, req).Debug("Graph refused while the circuit is open: holding the message", "status", resp.Status)
+			continue
+		}
+		// verdictThrottled, verdictRetry
+		w.circuit.record(false, probe)
+		retries++
+		w.obs.Retry(c.reason)
+		delay := w.cfg.Backoff.Delay(retries, resp, w.cfg.Rand)
+		now := w.cfg.Now()
+		if c.verdict == verdictThrottled && resp.HasRetryAfter {
+			w.gate.pauseUntil(now.Add(delay))
+		}
+		if now.Add(delay).After(deadline) {
+			if d.NumDelivered >= uint64(w.cfg.MaxDeliver) {
+				res.kind, res.code = KindFailed, CodeRetriesExhausted
+				res.detail = fmt.Sprintf("gave up after %d deliveries: %s", d.NumDelivered, c.detail)
+				return res, 0, true
+			}
+			res.detail = c.detail
+			return res, delay, false
+		}
+		w.logFor(d, req).Debug("retrying Graph call", "reason", c.reason, "detail", c.detail, "in", delay)
+		if !sleep(ctx, delay) {
+			return stopping, w.cfg.ShutdownNakDelay, false
+		}
+	}
+}
+
+// pace waits for the throttle gate and the rate limiter.
+func (w *Worker) pace(ctx context.Context) error {
+	for {
+		if err := w.gate.wait(ctx); err != nil {
+			return err
+		}
+		if w.deps.Limiter != nil {
+			t0 := w.cfg.Now()
+			if err := w.deps.Limiter.Wait(ctx); err != nil {
+				return err
+			}
+			w.obs.RateLimitWait(w.cfg.Now().Sub(t0))
+		}
+		if !w.gate.closed() {
+			return nil
+		}
+	}
+}
+
+// settle publishes the terminal event, dead-letters what must be, then acks. It reports
+// whether the message was settled; when publishing cannot finish before shutdown, the
+// message is handed back instead.
+func (w *Worker) settle(work context.Context, m Message, d Delivery, req Request, res result, began time.Time) bool {
+	now := w.cfg.Now()
+	ev := w.event(d, req, res, now)
+	log := w.logFor(d, req)
+	deadLetter := res.kind == KindFailed || res.kind == KindRejected
+	if deadLetter {
+		dl := DeadLetter{Code: res.code, Detail: res.detail, Attempts: res.attempts}
+		if err := w.retryPublish(work, "dead letter", func(ctx context.Context) error { return w.deps.DeadLetters.DeadLetter(ctx, d, dl) }); err != nil {
+			w.handBack(m, d, w.cfg.ShutdownNakDelay, "dead letter not stored before shutdown")
+			return false
+		}
+	}
+	if err := w.retryPublish(work, "event", func(ctx context.Context) error { return w.deps.Events.PublishEvent(ctx, ev) }); err != nil {
+		w.handBack(m, d, w.cfg.ShutdownNakDelay, "event not published before shutdown")
+		return false
+	}
+	if err := m.Ack(); err != nil {
+		log.Warn("ack failed; the message will be redelivered and settled again without a duplicate event", "err", err)
+	}
+	w.obs.EventPublished(res.kind)
+	if deadLetter {
+		w.obs.DeadLettered(res.code)
+	}
+	w.obs.Completed(res.kind, now.Sub(began))
+	switch res.kind {
+	case KindAccepted:
+		w.obs.LastSuccess(now)
+		log.Debug("accepted", "attempts", res.attempts, "graph_request_id", res.resp.RequestID, "client_request_id", res.resp.ClientRequestID)
+	case KindCoalesced:
+		log.Debug("coalesced with a request for the same id")
+	default:
+		log.Warn(res.kind, "code", res.code, "detail", res.detail, "attempts", res.attempts, "http_status", res.resp.Status,
+			"graph_request_id", res.resp.RequestID, "client_request_id", res.resp.ClientRequestID)
+	}
+	return true
+}
+
+// retryPublish retries a publish until it succeeds or work is cancelled.
+func (w *Worker) retryPublish(work context.Context, what string, publish func(context.Context) error) error {
+	delay := Backoff{Initial: 50 * time.Millisecond, Max: 5 * time.Second}
+	for attempt := 1; ; attempt++ {
+		err := publish(work)
+		if err == nil {
+			return nil
+		}
+		if what == "event" {
+			w.obs.EventPublishFailed()
+		}
+		if work.Err() != nil {
+			return err
+		}
+		d := delay.ceiling(attempt)
+		w.log.Warn("publish failed; retrying", "what", what, "err", err, "in", d)
+		if !sleep(work, d) {
+			return err
+		}
+	}
+}
+
+func (w *Worker) handBack(m Message, d Delivery, delay time.Duration, why string) {
+	if err := m.NakWithDelay(delay); err != nil {
+		w.log.Warn("nak failed; the message comes back after its ack wait", "stream_seq", d.StreamSeq, "err", err)
+	}
+	w.log.Debug("handed back for a later delivery", "stream_seq", d.StreamSeq, "delivery", d.NumDelivered, "delay", delay, "why", why)
+}
+
+func (w *Worker) event(d Delivery, req Request, res result, now time.Time) *Event {
+	ev := &Event{
+		SpecVersion:     "1.0",
+		ID:              EventID(d.Stream, d.StreamSeq, res.kind),
+		Source:          w.cfg.Source,
+		Type:            TypePrefix + res.kind,
+		Subject:         req.ID,
+		Time:            now.UTC(),
+		DataContentType: "application/json",
+		Data: EventData{
+			AssignmentID:    req.ID,
+			Attempts:        res.attempts,
+			HTTPStatus:      res.resp.Status,
+			GraphRequestID:  res.resp.RequestID,
+			ClientRequestID: res.resp.ClientRequestID,
+			CorrelationID:   req.CorrelationID,
+			RequestedBy:     req.RequestedBy,
+			Reason:          req.Reason,
+			RequestedAt:     d.Timestamp.UTC(),
+			CompletedAt:     now.UTC(),
+		},
+	}
+	if res.code != "" {
+		ev.Data.Error = &EventError{Code: res.code, Message: res.detail}
+	}
+	return ev
+}
+
+func (w *Worker) logFor(d Delivery, req Request) *slog.Logger {
+	return w.log.With("assignment_id", req.ID, "stream_seq", d.StreamSeq, "delivery", d.NumDelivered)
+}
+
+// sleep waits for d or ctx; it reports whether the full wait passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// attemptLog remembers the Graph calls made for messages handed back for a later delivery.
+type attemptLog struct {
+	mu sync.Mutex
+	m  map[uint64]int
+}
+
+func (a *attemptLog) get(seq uint64) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.m[seq]
+}
+
+func (a *attemptLog) set(seq uint64, n int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.m) >= maxRecent { // messages taken by another replica never come back here
+		clear(a.m)
+	}
+	a.m[seq] = n
+}
+
+func (a *attemptLog) forget(seq uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.m, seq)
+}
+
+// heartbeats marks long-running messages in progress so their ack deadline does not pass
+// while they wait for a retry, the throttle gate or the circuit: one goroutine for all.
+type heartbeats struct {
+	mu sync.Mutex
+	m  map[Message]time.Time
+}
+
+func (h *heartbeats) add(m Message, at time.Time) {
+	h.mu.Lock()
+	h.m[m] = at
+	h.mu.Unlock()
+}
+
+func (h *heartbeats) remove(m Message) {
+	h.mu.Lock()
+	delete(h.m, m)
+	h.mu.Unlock()
+}
+
+func (h *heartbeats) run(ctx context.Context, every time.Duration, now func() time.Time) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cutoff := now().Add(-every)
+		h.mu.Lock()
+		due := make([]Message, 0, len(h.m))
+		for m, since := range h.m {
+			if since.Before(cutoff) {
+				due = append(due, m)
+			}
+		}
+		h.mu.Unlock()
+		for _, m := range due {
+			_ = m.InProgress() // a failure here shows up as a redelivery, which the coalescer absorbs
+		}
+	}
+}
+
+type nopObserver struct{}
+
+func (nopObserver) MessageReceived(bool)            {}
+func (nopObserver) QueueWait(time.Duration)         {}
+func (nopObserver) Completed(string, time.Duration) {}
+func (nopObserver) DeadLettered(string)             {}
+func (nopObserver) Retry(string)                    {}
+func (nopObserver) Throttled(bool)                  {}
+func (nopObserver) ThrottleWait(time.Duration)      {}
+func (nopObserver) RateLimitWait(time.Duration)     {}
+func (nopObserver) InFlight(int)                    {}
+func (nopObserver) EventPublished(string)           {}
+func (nopObserver) EventPublishFailed()             {}
+func (nopObserver) CircuitOpen(bool)                {}
+func (nopObserver) LastSuccess(time.Time)           {}

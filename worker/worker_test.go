@@ -1,0 +1,275 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeMsg is a hand-made Message that records how it was settled.
+type fakeMsg struct {
+	d    Delivery
+	mu   sync.Mutex
+	acks int
+	naks []time.Duration
+	hbs  int
+}
+
+func (m *fakeMsg) Delivery() Delivery { return m.d }
+func (m *fakeMsg) Ack() error         { m.mu.Lock(); m.acks++; m.mu.Unlock(); return nil }
+func (m *fakeMsg) InProgress() error  { m.mu.Lock(); m.hbs++; m.mu.Unlock(); return nil }
+func (m *fakeMsg) NakWithDelay(d time.Duration) error {
+	m.mu.Lock()
+	m.naks = append(m.naks, d)
+	m.mu.Unlock()
+	return nil
+}
+
+// fakeSource hands out queued messages in batches.
+type fakeSource struct{ ch chan Message }
+
+func (s *fakeSource) Fetch(ctx context.Context, max int, handle func(Message)) error {
+	for i := 0; i < max; i++ {
+		select {
+		case m := <-s.ch:
+			handle(m)
+		case <-ctx.Done():
+			return nil
+		case <-time.After(20 * time.Millisecond):
+			return nil
+		}
+	}
+	return nil
+}
+
+// sink records events and dead letters.
+type sink struct {
+	mu     sync.Mutex
+	events []*Event
+	dls    []DeadLetter
+}
+
+func (s *sink) PublishEvent(_ context.Context, e *Event) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.events = append(s.events, e)
+	return nil
+}
+
+func (s *sink) DeadLetter(_ context.Context, _ Delivery, dl DeadLetter) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dls = append(s.dls, dl)
+	return nil
+}
+
+func (s *sink) kinds() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := map[string]int{}
+	for _, e := range s.events {
+		k[e.Kind()]++
+	}
+	return k
+}
+
+type graphFunc func(ctx context.Context, id string) (Response, error)
+
+func (f graphFunc) Reprocess(ctx context.Context, id string) (Response, error) { return f(ctx, id) }
+
+type setup struct {
+	w      *Worker
+	src    *fakeSource
+	sink   *sink
+	cancel context.CancelFunc
+	done   chan struct{}
+	seq    uint64
+}
+
+func newSetup(t *testing.T, cfg Config, g graphFunc) *setup {
+	t.Helper()
+	s := &setup{src: &fakeSource{ch: make(chan Message, 1000)}, sink: &sink{}, done: make(chan struct{})}
+	w, err := New(cfg, Deps{Source: s.src, Graph: g, Events: s.sink, DeadLetters: s.sink})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.w = w
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	go func() { defer close(s.done); _ = w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-s.done })
+	return s
+}
+
+func (s *setup) send(payload string, delivered uint64) *fakeMsg {
+	s.seq++
+	m := &fakeMsg{d: Delivery{Data: []byte(payload), Stream: "S", StreamSeq: s.seq, NumDelivered: delivered, Timestamp: time.Now()}}
+	s.src.ch <- m
+	return m
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func guid(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i) }
+
+func TestRetryAfterPausesEveryCaller(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var throttledAt time.Time
+	var calls []time.Time
+	s := newSetup(t, Config{Concurrency: 8}, func(ctx context.Context, id string) (Response, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		now := time.Now()
+		calls = append(calls, now)
+		if throttledAt.IsZero() {
+			throttledAt = now
+			return Response{Status: 429, HasRetryAfter: true, RetryAfter: 1500 * time.Millisecond}, nil
+		}
+		return Response{Status: 202}, nil
+	})
+	s.send(guid(0), 1)
+	waitFor(t, "the 429", func() bool { mu.Lock(); defer mu.Unlock(); return !throttledAt.IsZero() })
+	for i := 1; i < 8; i++ {
+		s.send(guid(i), 1)
+	}
+	waitFor(t, "8 accepted", func() bool { return s.sink.kinds()[KindAccepted] == 8 })
+	mu.Lock()
+	defer mu.Unlock()
+	for _, c := range calls[1:] {
+		if c.Sub(throttledAt) < 1500*time.Millisecond {
+			t.Fatalf("a call went out %s after a Retry-After of 1.5s", c.Sub(throttledAt))
+		}
+	}
+}
+
+func TestPersistentServerErrorExhaustsDeliveries(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, Config{MaxDeliver: 3, DeliveryBudget: 50 * time.Millisecond, Backoff: Backoff{Initial: 10 * time.Millisecond, Max: 20 * time.Millisecond}},
+		func(ctx context.Context, id string) (Response, error) { return Response{Status: 500}, nil })
+	first := s.send(guid(1), 1)
+	waitFor(t, "a nak", func() bool { first.mu.Lock(); defer first.mu.Unlock(); return len(first.naks) == 1 })
+	if len(s.sink.kinds()) != 0 {
+		t.Fatalf("events before the last delivery: %v", s.sink.kinds())
+	}
+	last := s.send(guid(2), 3)
+	waitFor(t, "failed", func() bool { return s.sink.kinds()[KindFailed] == 1 })
+	s.sink.mu.Lock()
+	defer s.sink.mu.Unlock()
+	if e := s.sink.events[0]; e.Data.Error.Code != CodeRetriesExhausted || e.Data.Attempts < 2 {
+		t.Fatalf("event = %+v %+v", e.Data, e.Data.Error)
+	}
+	if len(s.sink.dls) != 1 || s.sink.dls[0].Code != CodeRetriesExhausted {
+		t.Fatalf("dead letters = %+v", s.sink.dls)
+	}
+	last.mu.Lock()
+	defer last.mu.Unlock()
+	if last.acks != 1 || len(last.naks) != 0 {
+		t.Fatalf("last delivery acks=%d naks=%v", last.acks, last.naks)
+	}
+}
+
+func TestCircuitOpensAndCloses(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	forbid := true
+	calls := 0
+	s := newSetup(t, Config{Concurrency: 2, CircuitThreshold: 5, CircuitCooldown: 100 * time.Millisecond},
+		func(ctx context.Context, id string) (Response, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			if forbid {
+				return Response{Status: 403}, nil
+			}
+			return Response{Status: 202}, nil
+		})
+	for i := range 30 {
+		s.send(guid(i), 1)
+	}
+	waitFor(t, "the circuit to open", func() bool { return s.w.Ready() != nil })
+	waitFor(t, "5 failures", func() bool { return s.sink.kinds()[KindFailed] == 5 })
+	time.Sleep(300 * time.Millisecond) // probes go on; nothing more may fail
+	if k := s.sink.kinds(); k[KindFailed] != 5 {
+		t.Fatalf("failures while the circuit is open: %v", k)
+	}
+	if len(s.src.ch) < 20 {
+		t.Fatalf("fetching went on while the circuit was open: %d left queued", len(s.src.ch))
+	}
+	mu.Lock()
+	forbid = false
+	mu.Unlock()
+	waitFor(t, "25 accepted", func() bool { return s.sink.kinds()[KindAccepted] == 25 })
+	if err := s.w.Ready(); err != nil {
+		t.Fatalf("still not ready: %v", err)
+	}
+}
+
+func TestCredentialFailureHoldsMessages(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	broken := true
+	s := newSetup(t, Config{Concurrency: 4}, func(ctx context.Context, id string) (Response, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if broken {
+			return Response{}, fmt.Errorf("token: %w", ErrCredential)
+		}
+		return Response{Status: 202}, nil
+	})
+	for i := range 10 {
+		s.send(guid(i), 1)
+	}
+	waitFor(t, "not ready", func() bool { return s.w.Ready() != nil })
+	if len(s.sink.kinds()) != 0 {
+		t.Fatalf("events without a token: %v", s.sink.kinds())
+	}
+	mu.Lock()
+	broken = false
+	mu.Unlock()
+	waitFor(t, "10 accepted", func() bool { return s.sink.kinds()[KindAccepted] == 10 })
+}
+
+func TestShutdownFinishesInFlightAndHandsBackWaiting(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	cfg := Config{Concurrency: 4, ShutdownTimeout: 5 * time.Second, Backoff: Backoff{Initial: 10 * time.Second, Max: 10 * time.Second},
+		Rand: func() float64 { return 0.99 }}
+	s := newSetup(t, cfg, func(ctx context.Context, id string) (Response, error) {
+		if id == guid(9) {
+			return Response{Status: 500}, nil // then waits ~10s for its retry
+		}
+		<-release
+		return Response{Status: 202}, nil
+	})
+	msgs := []*fakeMsg{s.send(guid(1), 1), s.send(guid(2), 1), s.send(guid(3), 1)}
+	waiting := s.send(guid(9), 1)
+	waitFor(t, "4 in flight", func() bool { return s.w.inflight.Load() == 4 })
+	s.cancel()
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	<-s.done
+	for _, m := range msgs {
+		if m.acks != 1 {
+			t.Fatalf("in-flight message not finished: acks=%d naks=%v", m.acks, m.naks)
+		}
+	}
+	if len(waiting.naks) != 1 || waiting.acks != 0 {
+		t.Fatalf("waiting message: acks=%d naks=%v", waiting.acks, waiting.naks)
+	}
+}
