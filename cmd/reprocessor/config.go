@@ -1,0 +1,840 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Config is the whole configuration of the command. It is read from the environment and
+// from flags (flags win) by LoadConfig or BindConfig; secrets come only from the
+// environment. Print it with Summary, never with %v of its fields.
+type Config struct {
+	// NATS, with the NATS CLI's variables. NATSURL unset means an embedded server.
+	NATSURL      string // NATS_URL, comma-separated URLs; may hold user:password or a token
+	NATSCreds    string // NATS_CREDS, a credentials file
+	NATSNKey     string // NATS_NKEY, an nkey seed file
+	NATSUser     string // NATS_USER
+	NATSPassword string // NATS_PASSWORD, secret
+	NATSToken    string // NATS_TOKEN, secret
+	NATSCA       string // NATS_CA, a CA certificate file
+	NATSCert     string // NATS_CERT, a client certificate file
+	NATSKey      string // NATS_KEY, the client certificate's key file
+
+	// Graph credentials, with azidentity's variables.
+	AzureTenantID           string // AZURE_TENANT_ID
+	AzureClientID           string // AZURE_CLIENT_ID
+	AzureClientSecret       string // AZURE_CLIENT_SECRET, secret
+	AzureClientCertPath     string // AZURE_CLIENT_CERTIFICATE_PATH
+	AzureClientCertPassword string // AZURE_CLIENT_CERTIFICATE_PASSWORD, secret
+	AzureFederatedTokenFile string // AZURE_FEDERATED_TOKEN_FILE
+	AzureAuthorityHost      string // AZURE_AUTHORITY_HOST, https; empty means the cloud's
+
+	Cloud           string        // public, usgov, usgovdod or china
+	GraphURL        string        // https, without a trailing slash; the cloud's when not set
+	GraphAPIVersion string        // v1.0 or beta
+	GraphTimeout    time.Duration // per Graph call
+	SubjectPrefix   string        // NATS subject prefix, e.g. entitlement.reprocess
+
+	Concurrency      int           // Graph calls in flight at once
+	Rate             float64       // Graph calls per second, process-wide; 0 means unlimited
+	MaxDeliver       int           // deliveries of a request before it fails retries_exhausted
+	DeliveryBudget   time.Duration // in-process retry time within one delivery before NakWithDelay
+	BackoffInitial   time.Duration
+	BackoffMax       time.Duration
+	CoalesceWindow   time.Duration // 0 coalesces only requests in flight
+	CircuitThreshold int           // consecutive 401/403 answers that open the circuit
+	CircuitCooldown  time.Duration // before the open circuit probes Graph
+
+	Track         bool          // check the assignment's state after accepted
+	TrackDeadline time.Duration // give up checking a state still delivering after this
+	Precheck      bool          // read the assignment's state before reprocess too
+
+	AckWait        time.Duration
+	MaxAckPending  int // 0 means derived: see EffectiveMaxAckPending
+	EventsMaxAge   time.Duration
+	DLQMaxAge      time.Duration
+	StreamReplicas int
+	NoCreate       bool // bind to existing streams and consumers; create or update nothing
+
+	HTTPAddr  string // metrics and health listener; empty means off
+	PprofAddr string // separate pprof listener; empty means off
+
+	LogLevel  string // debug, info, warn or error
+	LogFormat string // text or json
+
+	DataDir         string // the embedded NATS server's store
+	EmbeddedAddr    string // the embedded NATS server's listen address
+	ShutdownTimeout time.Duration
+	Instance        string // names this process in the CloudEvent source "reprocessor/<instance>"
+}
+
+// defaultConfig holds the defaults of every setting; GraphURL and Instance are derived
+// when left empty (see fillDerived).
+func defaultConfig() Config {
+	return Config{
+		Cloud:            "public",
+		GraphAPIVersion:  "v1.0",
+		GraphTimeout:     30 * time.Second,
+		SubjectPrefix:    "entitlement.reprocess",
+		Concurrency:      16,
+		Rate:             20,
+		MaxDeliver:       5,
+		DeliveryBudget:   time.Minute,
+		BackoffInitial:   time.Second,
+		BackoffMax:       time.Minute,
+		CoalesceWindow:   time.Minute,
+		CircuitThreshold: 20,
+		CircuitCooldown:  30 * time.Second,
+		Track:            true,
+		TrackDeadline:    10 * time.Minute,
+		AckWait:          30 * time.Second,
+		EventsMaxAge:     7 * 24 * time.Hour,
+		DLQMaxAge:        30 * 24 * time.Hour,
+		StreamReplicas:   1,
+		HTTPAddr:         ":9464",
+		LogLevel:         "info",
+		LogFormat:        "text",
+		DataDir:          "./data",
+		EmbeddedAddr:     "127.0.0.1:4222",
+		ShutdownTimeout:  30 * time.Second,
+	}
+}
+
+// cloudGraphURL returns the Graph endpoint of a national cloud.
+func cloudGraphURL(cloud string) (string, bool) {
+	switch cloud {
+	case "public":
+		return "https://graph.microsoft.com", true
+	case "usgov":
+		return "https://graph.microsoft.us", true
+	case "usgovdod":
+		return "https://dod-graph.microsoft.us", true
+	case "china":
+		return "https://microsoftgraph.chinacloudapi.cn", true
+	}
+	return "", false
+}
+
+// EffectiveMaxAckPending returns MaxAckPending, or twice the concurrency when it is 0.
+func (c Config) EffectiveMaxAckPending() int {
+	if c.MaxAckPending > 0 {
+		return c.MaxAckPending
+	}
+	return 2 * c.Concurrency
+}
+
+// LoadConfig reads the configuration from getenv and then from args (flags win) and
+// returns it with the arguments left after the flags. Flags end at the first non-flag
+// argument, so "--concurrency 4 run" leaves ["run"].
+//
+// The error joins every problem found; each line names the variable and the bad value,
+// never a secret. "-h" returns flag.ErrHelp: print WriteConfigUsage then. Nothing is
+// printed here. On error the Config holds what could be read, for check-config to show.
+func LoadConfig(args []string, getenv func(string) string) (Config, []string, error) {
+	fs := flag.NewFlagSet("reprocessor", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	load := BindConfig(fs, getenv)
+	parseErr := fs.Parse(args)
+	cfg, err := load()
+	if parseErr != nil {
+		// Later flags were not read: their problems would mislead.
+		return cfg, fs.Args(), redactError(parseErr, cfg.Secrets())
+	}
+	return cfg, fs.Args(), err
+}
+
+// BindConfig applies the defaults and getenv to a new Config and registers a flag for every
+// setting that has one on fs, so that a subcommand can add flags of its own to the same
+// set. Call the returned function after fs.Parse: it returns the Config and the problems
+// found, as LoadConfig does.
+func BindConfig(fs *flag.FlagSet, getenv func(string) string) func() (Config, error) {
+	c := defaultConfig()
+	settings := c.settings()
+	envErrs := make(map[string]error)
+	for _, s := range settings {
+		if v := getenv(s.env); v != "" {
+			if err := s.value.Set(v); err != nil {
+				envErrs[s.env] = fmt.Errorf("%s: %w", s.env, err)
+			}
+		}
+		if name := s.flagName(); name != "" {
+			fs.Var(s.value, name, fmt.Sprintf("%s ($%s)", s.help, s.env))
+		}
+	}
+	return func() (Config, error) {
+		// A flag replaces its variable, bad value and all.
+		fs.Visit(func(f *flag.Flag) {
+			for _, s := range settings {
+				if s.flagName() == f.Name {
+					delete(envErrs, s.env)
+				}
+			}
+		})
+		var errs []error
+		for _, s := range settings {
+			if err, ok := envErrs[s.env]; ok {
+				errs = append(errs, err)
+			}
+		}
+		cfg := c
+		cfg.fillDerived(os.Hostname)
+		errs = append(errs, cfg.problems()...)
+		return cfg, redactError(errors.Join(errs...), cfg.Secrets())
+	}
+}
+
+// fillDerived fills the settings whose defaults depend on others or on the host.
+func (c *Config) fillDerived(hostname func() (string, error)) {
+	c.Cloud = canonical(c.Cloud, "public", "usgov", "usgovdod", "china")
+	c.GraphAPIVersion = canonical(c.GraphAPIVersion, "v1.0", "beta")
+	c.LogLevel = canonical(c.LogLevel, "debug", "info", "warn", "error")
+	c.LogFormat = canonical(c.LogFormat, "text", "json")
+	c.GraphURL = strings.TrimRight(c.GraphURL, "/")
+	if c.GraphURL == "" {
+		c.GraphURL, _ = cloudGraphURL(c.Cloud)
+	}
+	if c.Instance == "" {
+		h, err := hostname()
+		if err != nil || h == "" {
+			h = "reprocessor"
+		}
+		c.Instance = h
+	}
+}
+
+// canonical returns the known value that v names in any case, or v unchanged: an unknown
+// value is reported as written, so that a secret pasted there is still recognised.
+func canonical(v string, known ...string) string {
+	for _, k := range known {
+		if strings.EqualFold(v, k) {
+			return k
+		}
+	}
+	return v
+}
+
+// WriteConfigUsage writes a table of every setting: its flag, environment variable,
+// default and meaning.
+func WriteConfigUsage(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "FLAG\tENVIRONMENT\tDEFAULT\tMEANING")
+	c := defaultConfig()
+	for _, s := range c.settings() {
+		name := "(environment only)"
+		if n := s.flagName(); n != "" {
+			name = "--" + n
+		}
+		def := s.def
+		if def == "" && !s.secret() {
+			def = s.value.String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", name, s.env, def, s.help)
+	}
+	return tw.Flush()
+}
+
+// Summary returns every setting, keyed by its environment variable, for check-config and
+// the startup log. Secrets show only as "set" or "unset", URLs without their credentials.
+func (c Config) Summary() []slog.Attr {
+	settings := c.settings()
+	attrs := make([]slog.Attr, 0, len(settings))
+	for _, s := range settings {
+		attrs = append(attrs, slog.Attr{Key: s.env, Value: s.value.summary()})
+	}
+	return attrs
+}
+
+// LogValue logs the Config as its Summary, so that slog never prints a secret.
+func (c Config) LogValue() slog.Value { return slog.GroupValue(c.Summary()...) }
+
+// String formats the Config as its Summary, so that fmt never prints a secret.
+func (c Config) String() string {
+	var b strings.Builder
+	for i, a := range c.Summary() {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s=%q", a.Key, a.Value.String())
+	}
+	return b.String()
+}
+
+// GoString formats the Config as String does, for %#v.
+func (c Config) GoString() string { return c.String() }
+
+// Secrets returns the secret values of the Config: passwords, tokens, client secrets and
+// the credentials inside URLs. Pass them to NewLogger.
+func (c Config) Secrets() []string {
+	candidates := []string{c.NATSPassword, c.NATSToken, c.AzureClientSecret, c.AzureClientCertPassword}
+	for _, u := range []string{c.NATSURL, c.GraphURL, c.AzureAuthorityHost} {
+		candidates = append(candidates, urlSecrets(u)...)
+	}
+	var secrets []string
+	seen := make(map[string]bool)
+	for _, s := range candidates {
+		if s != "" && !seen[s] {
+			seen[s] = true
+			secrets = append(secrets, s)
+		}
+	}
+	return secrets
+}
+
+// Redact returns s with every secret of the Config at least minSecretLen long replaced
+// by [REDACTED].
+func (c Config) Redact(s string) string { return newRedactor(c.Secrets()).redact(s) }
+
+// redactError returns err, or an error with the same text redacted when the text holds a
+// secret. The redacted error no longer wraps err: nothing must reach the secret through it.
+func redactError(err error, secrets []string) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	if red := newRedactor(secrets).redact(msg); red != msg {
+		return errors.New(red)
+	}
+	return err
+}
+
+// validate returns every problem of the Config, joined; nil when there is none.
+func (c Config) validate() error {
+	return redactError(errors.Join(c.problems()...), c.Secrets())
+}
+
+// problems lists what is wrong with the Config, each naming the variable and its value
+// unless the value is secret.
+func (c Config) problems() []error {
+	var errs []error
+	bad := func(env, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{env}, args...)...))
+	}
+
+	_, knownCloud := cloudGraphURL(c.Cloud)
+	if !knownCloud {
+		bad("REPROCESSOR_CLOUD", "must be one of public, usgov, usgovdod, china, got %q", c.Cloud)
+	}
+	// An unknown cloud leaves no Graph URL to default to: that is the cloud's problem.
+	if c.GraphURL != "" || knownCloud {
+		if err := checkHTTPSURL(c.GraphURL); err != nil {
+			bad("REPROCESSOR_GRAPH_URL", "%w", err)
+		}
+	}
+	if c.GraphAPIVersion != "v1.0" && c.GraphAPIVersion != "beta" {
+		bad("REPROCESSOR_GRAPH_API_VERSION", "must be v1.0 or beta, got %q", c.GraphAPIVersion)
+	}
+	if c.AzureAuthorityHost != "" {
+		if err := checkHTTPSURL(c.AzureAuthorityHost); err != nil {
+			bad("AZURE_AUTHORITY_HOST", "%w", err)
+		}
+	}
+	if c.AzureClientSecret != "" || c.AzureClientCertPath != "" || c.AzureFederatedTokenFile != "" {
+		const needed = "required when AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE is set"
+		if c.AzureTenantID == "" {
+			bad("AZURE_TENANT_ID", needed)
+		}
+		if c.AzureClientID == "" {
+			bad("AZURE_CLIENT_ID", needed)
+		}
+	}
+	if c.AzureClientCertPassword != "" && c.AzureClientCertPath == "" {
+		bad("AZURE_CLIENT_CERTIFICATE_PASSWORD", "set without AZURE_CLIENT_CERTIFICATE_PATH")
+	}
+
+	if err := checkNATSURLs(c.NATSURL); err != nil {
+		bad("NATS_URL", "%w", err)
+	}
+	if c.NATSCert != "" && c.NATSKey == "" {
+		bad("NATS_CERT", "set without NATS_KEY")
+	}
+	if c.NATSKey != "" && c.NATSCert == "" {
+		bad("NATS_KEY", "set without NATS_CERT")
+	}
+	if !validSubjectPrefix(c.SubjectPrefix) {
+		bad("REPROCESSOR_SUBJECT_PREFIX", "must be NATS subject tokens separated by dots, without wildcards or white space, got %q", c.SubjectPrefix)
+	}
+
+	if c.Concurrency < 1 || c.Concurrency > 10000 {
+		bad("REPROCESSOR_CONCURRENCY", "must be between 1 and 10000, got %q", strconv.Itoa(c.Concurrency))
+	}
+	if !(c.Rate >= 0) || math.IsInf(c.Rate, 0) {
+		bad("REPROCESSOR_RATE", "must be 0 (unlimited) or a positive number of calls per second, got %q", formatFloat(c.Rate))
+	}
+	if c.MaxDeliver < 1 {
+		bad("REPROCESSOR_MAX_DELIVER", "must be at least 1, got %q", strconv.Itoa(c.MaxDeliver))
+	}
+	if c.CircuitThreshold < 1 {
+		bad("REPROCESSOR_CIRCUIT_THRESHOLD", "must be at least 1, got %q", strconv.Itoa(c.CircuitThreshold))
+	}
+	if c.MaxAckPending != 0 && c.MaxAckPending < c.Concurrency {
+		bad("REPROCESSOR_MAX_ACK_PENDING", "must be 0 (twice REPROCESSOR_CONCURRENCY) or at least REPROCESSOR_CONCURRENCY (%d), got %q", c.Concurrency, strconv.Itoa(c.MaxAckPending))
+	}
+	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
+		bad("REPROCESSOR_STREAM_REPLICAS", "must be between 1 and 5, got %q", strconv.Itoa(c.StreamReplicas))
+	}
+
+	for _, d := range []struct {
+		env string
+		d   time.Duration
+	}{
+		{"REPROCESSOR_GRAPH_TIMEOUT", c.GraphTimeout},
+		{"REPROCESSOR_DELIVERY_BUDGET", c.DeliveryBudget},
+		{"REPROCESSOR_BACKOFF_INITIAL", c.BackoffInitial},
+		{"REPROCESSOR_BACKOFF_MAX", c.BackoffMax},
+		{"REPROCESSOR_CIRCUIT_COOLDOWN", c.CircuitCooldown},
+		{"REPROCESSOR_TRACK_DEADLINE", c.TrackDeadline},
+		{"REPROCESSOR_ACK_WAIT", c.AckWait},
+		{"REPROCESSOR_EVENTS_MAX_AGE", c.EventsMaxAge},
+		{"REPROCESSOR_DLQ_MAX_AGE", c.DLQMaxAge},
+		{"REPROCESSOR_SHUTDOWN_TIMEOUT", c.ShutdownTimeout},
+	} {
+		if d.d <= 0 {
+			bad(d.env, "must be positive, got %q", formatDuration(d.d))
+		}
+	}
+	if c.CoalesceWindow < 0 {
+		bad("REPROCESSOR_COALESCE_WINDOW", "must not be negative, got %q", formatDuration(c.CoalesceWindow))
+	}
+	if c.BackoffInitial > 0 && c.BackoffMax > 0 && c.BackoffMax < c.BackoffInitial {
+		bad("REPROCESSOR_BACKOFF_MAX", "must not be less than REPROCESSOR_BACKOFF_INITIAL (%s), got %q", formatDuration(c.BackoffInitial), formatDuration(c.BackoffMax))
+	}
+
+	if c.HTTPAddr != "" && !validListenAddr(c.HTTPAddr) {
+		bad("REPROCESSOR_HTTP_ADDR", `must be host:port, ":port" or "off", got %q`, c.HTTPAddr)
+	}
+	if c.PprofAddr != "" && !validListenAddr(c.PprofAddr) {
+		bad("REPROCESSOR_PPROF_ADDR", `must be host:port, ":port" or "off", got %q`, c.PprofAddr)
+	}
+	if c.PprofAddr != "" && c.PprofAddr == c.HTTPAddr {
+		bad("REPROCESSOR_PPROF_ADDR", "must differ from REPROCESSOR_HTTP_ADDR, got %q", c.PprofAddr)
+	}
+	if _, ok := logLevel(c.LogLevel); !ok {
+		bad("REPROCESSOR_LOG_LEVEL", "must be one of debug, info, warn, error, got %q", c.LogLevel)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("REPROCESSOR_LOG_FORMAT", "must be text or json, got %q", c.LogFormat)
+	}
+
+	if !validListenAddr(c.EmbeddedAddr) {
+		bad("REPROCESSOR_EMBEDDED_ADDR", "must be host:port, got %q", c.EmbeddedAddr)
+	}
+	if c.NATSURL == "" && c.DataDir == "" {
+		bad("REPROCESSOR_DATA_DIR", "must be set when NATS_URL is not")
+	}
+	if !validInstance(c.Instance) {
+		bad("REPROCESSOR_INSTANCE", "must be letters, digits, '.', '-', '_' or ':', got %q", c.Instance)
+	}
+	return errs
+}
+
+// checkHTTPSURL checks an absolute https URL without credentials, query or fragment.
+// Its errors show the URL without credentials.
+func checkHTTPSURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || !strings.EqualFold(u.Scheme, "https") {
+		return fmt.Errorf("must be an https URL, got %q", redactURLs(raw))
+	}
+	if u.User != nil {
+		return fmt.Errorf("must not hold credentials, got %q", redactURLs(raw))
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("must not have a query or fragment, got %q", redactURLs(raw))
+	}
+	return nil
+}
+
+// checkNATSURLs checks a comma-separated list of NATS server URLs. An entry without a
+// scheme is a host:port, as nats.go takes it.
+func checkNATSURLs(list string) error {
+	if list == "" {
+		return nil
+	}
+	for _, raw := range strings.Split(list, ",") {
+		raw = strings.TrimSpace(raw)
+		if raw == "" {
+			return fmt.Errorf("has an empty entry, got %q", redactURLs(list))
+		}
+		if !strings.Contains(raw, "://") {
+			continue
+		}
+		u, err := url.Parse(raw)
+		if err != nil || u.Host == "" {
+			return fmt.Errorf("must be nats, tls, ws or wss URLs, got %q", redactURLs(raw))
+		}
+		switch strings.ToLower(u.Scheme) {
+		case "nats", "tls", "ws", "wss":
+		default:
+			return fmt.Errorf("must be nats, tls, ws or wss URLs, got %q", redactURLs(raw))
+		}
+	}
+	return nil
+}
+
+// urlUserinfo finds the credentials in a URL written as scheme://userinfo@host, whether or
+// not the URL parses: user is "" when the userinfo is a bare token.
+func urlUserinfo(raw string) (user, secret string, start, end int, ok bool) {
+	i := strings.Index(raw, "://")
+	if i < 0 {
+		return "", "", 0, 0, false
+	}
+	start = i + len("://")
+	at := strings.LastIndex(raw[start:], "@")
+	if at < 0 {
+		return "", "", 0, 0, false
+	}
+	end = start + at
+	info := raw[start:end]
+	if u, p, found := strings.Cut(info, ":"); found {
+		return u, p, start, end, true
+	}
+	return "", info, start, end, true
+}
+
+// urlSecrets returns the passwords and tokens held in a comma-separated list of URLs, as
+// written and unescaped.
+func urlSecrets(list string) []string {
+	var secrets []string
+	for _, raw := range strings.Split(list, ",") {
+		_, secret, _, _, ok := urlUserinfo(raw)
+		if !ok || secret == "" {
+			continue
+		}
+		secrets = append(secrets, secret)
+		if un, err := url.PathUnescape(secret); err == nil && un != secret {
+			secrets = append(secrets, un)
+		}
+	}
+	return secrets
+}
+
+// redactURLs returns a comma-separated list of URLs with their passwords and tokens
+// replaced by [REDACTED], whatever their length.
+func redactURLs(list string) string {
+	entries := strings.Split(list, ",")
+	for i, raw := range entries {
+		user, secret, start, end, ok := urlUserinfo(raw)
+		if !ok || secret == "" {
+			continue
+		}
+		info := redacted
+		if user != "" {
+			info = user + ":" + redacted
+		}
+		entries[i] = raw[:start] + info + raw[end:]
+	}
+	return strings.Join(entries, ",")
+}
+
+// validSubjectPrefix reports whether p is one or more NATS subject tokens: no empty token,
+// no wildcard, no white space or control character.
+func validSubjectPrefix(p string) bool {
+	for _, tok := range strings.Split(p, ".") {
+		if tok == "" || tok == "*" || tok == ">" {
+			return false
+		}
+		for _, r := range tok {
+			if r <= ' ' || r == 0x7f || r == '*' || r == '>' {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// validListenAddr reports whether a is host:port with a numeric port; the host may be empty.
+func validListenAddr(a string) bool {
+	_, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return false
+	}
+	n, err := strconv.Atoi(port)
+	return err == nil && n >= 0 && n <= 65535
+}
+
+// validInstance reports whether s can name the instance in a CloudEvent source.
+func validInstance(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+		case r == '.', r == '-', r == '_', r == ':':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+const envPrefix = "REPROCESSOR_"
+
+// setting is one variable of the configuration, bound to its Config field.
+type setting struct {
+	env   string
+	help  string
+	def   string // the default as shown in the usage, when the field's own value does not say it
+	value configValue
+}
+
+// flagName returns the setting's flag: the REPROCESSOR_ variables and NATS_URL have one,
+// named in kebab case without the prefix; the others are read from the environment only.
+func (s setting) flagName() string {
+	if s.env != "NATS_URL" && !strings.HasPrefix(s.env, envPrefix) {
+		return ""
+	}
+	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(s.env, envPrefix)), "_", "-")
+}
+
+func (s setting) secret() bool {
+	_, ok := s.value.(*secretValue)
+	return ok
+}
+
+// settings binds every setting to its field of c, in the order of the usage text.
+func (c *Config) settings() []setting {
+	return []setting{
+		{env: "NATS_URL", help: "NATS server URLs, comma-separated", def: "embedded server", value: (*urlValue)(&c.NATSURL)},
+		{env: "NATS_CREDS", help: "NATS credentials file", value: (*stringValue)(&c.NATSCreds)},
+		{env: "NATS_NKEY", help: "NATS nkey seed file", value: (*stringValue)(&c.NATSNKey)},
+		{env: "NATS_USER", help: "NATS user", value: (*stringValue)(&c.NATSUser)},
+		{env: "NATS_PASSWORD", help: "NATS password (secret)", value: (*secretValue)(&c.NATSPassword)},
+		{env: "NATS_TOKEN", help: "NATS token (secret)", value: (*secretValue)(&c.NATSToken)},
+		{env: "NATS_CA", help: "CA certificate file for NATS TLS", value: (*stringValue)(&c.NATSCA)},
+		{env: "NATS_CERT", help: "client certificate file for NATS TLS", value: (*stringValue)(&c.NATSCert)},
+		{env: "NATS_KEY", help: "client key file for NATS TLS", value: (*stringValue)(&c.NATSKey)},
+
+		{env: "AZURE_TENANT_ID", help: "Entra tenant of the Graph application", value: (*stringValue)(&c.AzureTenantID)},
+		{env: "AZURE_CLIENT_ID", help: "application (client) id", value: (*stringValue)(&c.AzureClientID)},
+		{env: "AZURE_CLIENT_SECRET", help: "client secret (secret)", value: (*secretValue)(&c.AzureClientSecret)},
+		{env: "AZURE_CLIENT_CERTIFICATE_PATH", help: "client certificate file (PEM or PKCS#12)", value: (*stringValue)(&c.AzureClientCertPath)},
+		{env: "AZURE_CLIENT_CERTIFICATE_PASSWORD", help: "client certificate password (secret)", value: (*secretValue)(&c.AzureClientCertPassword)},
+		{env: "AZURE_FEDERATED_TOKEN_FILE", help: "workload identity token file", value: (*stringValue)(&c.AzureFederatedTokenFile)},
+		{env: "AZURE_AUTHORITY_HOST", help: "https token authority", def: "the cloud's", value: (*urlValue)(&c.AzureAuthorityHost)},
+
+		{env: "REPROCESSOR_CLOUD", help: "public, usgov, usgovdod or china", value: (*stringValue)(&c.Cloud)},
+		{env: "REPROCESSOR_GRAPH_URL", help: "https Graph endpoint", def: "the cloud's", value: (*urlValue)(&c.GraphURL)},
+		{env: "REPROCESSOR_GRAPH_API_VERSION", help: "v1.0 or beta", value: (*stringValue)(&c.GraphAPIVersion)},
+		{env: "REPROCESSOR_GRAPH_TIMEOUT", help: "timeout of one Graph call", value: (*durationValue)(&c.GraphTimeout)},
+		{env: "REPROCESSOR_SUBJECT_PREFIX", help: "NATS subject prefix of requests, events and dead letters", value: (*stringValue)(&c.SubjectPrefix)},
+
+		{env: "REPROCESSOR_CONCURRENCY", help: "Graph calls in flight at once, 1 to 10000", value: (*intValue)(&c.Concurrency)},
+		{env: "REPROCESSOR_RATE", help: "Graph calls per second, process-wide; 0 is unlimited", value: (*floatValue)(&c.Rate)},
+		{env: "REPROCESSOR_MAX_DELIVER", help: "deliveries of a request before it fails", value: (*intValue)(&c.MaxDeliver)},
+		{env: "REPROCESSOR_DELIVERY_BUDGET", help: "retry time within one delivery before the request is handed back", value: (*durationValue)(&c.DeliveryBudget)},
+		{env: "REPROCESSOR_BACKOFF_INITIAL", help: "first retry delay", value: (*durationValue)(&c.BackoffInitial)},
+		{env: "REPROCESSOR_BACKOFF_MAX", help: "longest retry delay", value: (*durationValue)(&c.BackoffMax)},
+		{env: "REPROCESSOR_COALESCE_WINDOW", help: "how long an accepted id absorbs duplicates; 0 only while in flight", value: (*durationValue)(&c.CoalesceWindow)},
+		{env: "REPROCESSOR_CIRCUIT_THRESHOLD", help: "consecutive 401/403 answers that stop fetching", value: (*intValue)(&c.CircuitThreshold)},
+		{env: "REPROCESSOR_CIRCUIT_COOLDOWN", help: "wait before an open circuit probes Graph", value: (*durationValue)(&c.CircuitCooldown)},
+
+		{env: "REPROCESSOR_TRACK", help: "check assignment state after accepted", value: (*boolValue)(&c.Track)},
+		{env: "REPROCESSOR_TRACK_DEADLINE", help: "stop checking a state still delivering after this", value: (*durationValue)(&c.TrackDeadline)},
+		{env: "REPROCESSOR_PRECHECK", help: "read assignment state before reprocess too", value: (*boolValue)(&c.Precheck)},
+
+		{env: "REPROCESSOR_ACK_WAIT", help: "JetStream ack wait of the consumers", value: (*durationValue)(&c.AckWait)},
+		{env: "REPROCESSOR_MAX_ACK_PENDING", help: "JetStream max ack pending; 0 is twice the concurrency", value: (*intValue)(&c.MaxAckPending)},
+		{env: "REPROCESSOR_EVENTS_MAX_AGE", help: "max age of the events stream", value: (*durationValue)(&c.EventsMaxAge)},
+		{env: "REPROCESSOR_DLQ_MAX_AGE", help: "max age of the dead-letter stream", value: (*durationValue)(&c.DLQMaxAge)},
+		{env: "REPROCESSOR_STREAM_REPLICAS", help: "replicas of the streams, 1 to 5", value: (*intValue)(&c.StreamReplicas)},
+		{env: "REPROCESSOR_NO_CREATE", help: "only bind to existing streams and consumers", value: (*boolValue)(&c.NoCreate)},
+
+		{env: "REPROCESSOR_HTTP_ADDR", help: `metrics and health listener; "off" disables`, value: (*listenAddrValue)(&c.HTTPAddr)},
+		{env: "REPROCESSOR_PPROF_ADDR", help: "pprof listener, separate; off unless set", value: (*listenAddrValue)(&c.PprofAddr)},
+		{env: "REPROCESSOR_LOG_LEVEL", help: "debug, info, warn or error", value: (*stringValue)(&c.LogLevel)},
+		{env: "REPROCESSOR_LOG_FORMAT", help: "text or json", value: (*stringValue)(&c.LogFormat)},
+
+		{env: "REPROCESSOR_DATA_DIR", help: "store of the embedded NATS server", value: (*stringValue)(&c.DataDir)},
+		{env: "REPROCESSOR_EMBEDDED_ADDR", help: "listen address of the embedded NATS server", value: (*stringValue)(&c.EmbeddedAddr)},
+		{env: "REPROCESSOR_SHUTDOWN_TIMEOUT", help: "time allowed to finish in-flight work on shutdown", value: (*durationValue)(&c.ShutdownTimeout)},
+		{env: "REPROCESSOR_INSTANCE", help: `this process in the event source "reprocessor/<instance>"`, def: "host name", value: (*stringValue)(&c.Instance)},
+	}
+}
+
+// configValue is a flag.Value that also says how the Summary shows it.
+type configValue interface {
+	flag.Value
+	summary() slog.Value
+}
+
+// stringValue is a plain string setting, trimmed of surrounding white space.
+type stringValue string
+
+func (v *stringValue) Set(s string) error  { *v = stringValue(strings.TrimSpace(s)); return nil }
+func (v *stringValue) summary() slog.Value { return slog.StringValue(v.String()) }
+func (v *stringValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return string(*v)
+}
+
+// urlValue is a URL, or a list of them, that may hold credentials.
+type urlValue string
+
+func (v *urlValue) Set(s string) error  { *v = urlValue(strings.TrimSpace(s)); return nil }
+func (v *urlValue) summary() slog.Value { return slog.StringValue(redactURLs(v.String())) }
+func (v *urlValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return redactURLs(string(*v))
+}
+
+// listenAddrValue is a listen address that "off" (or nothing) disables.
+type listenAddrValue string
+
+func (v *listenAddrValue) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if strings.EqualFold(s, "off") {
+		s = ""
+	}
+	*v = listenAddrValue(s)
+	return nil
+}
+func (v *listenAddrValue) summary() slog.Value { return slog.StringValue(v.String()) }
+func (v *listenAddrValue) String() string {
+	if v == nil || *v == "" {
+		return "off"
+	}
+	return string(*v)
+}
+
+// secretValue is a secret, kept as given; it shows only as "set" or "unset".
+type secretValue string
+
+func (v *secretValue) Set(s string) error  { *v = secretValue(s); return nil }
+func (v *secretValue) summary() slog.Value { return slog.StringValue(v.String()) }
+func (v *secretValue) String() string {
+	if v == nil || *v == "" {
+		return "unset"
+	}
+	return "set"
+}
+
+// durationValue is a duration in Go syntax ("30s", "2m", "1h30m").
+type durationValue time.Duration
+
+func (v *durationValue) Set(s string) error {
+	d, err := parseDuration(s)
+	if err != nil {
+		return err
+	}
+	*v = durationValue(d)
+	return nil
+}
+func (v *durationValue) summary() slog.Value { return slog.StringValue(v.String()) }
+func (v *durationValue) String() string {
+	if v == nil {
+		return "0s"
+	}
+	return formatDuration(time.Duration(*v))
+}
+
+// parseDuration parses a duration in Go syntax and tells the user how to write a bare
+// number.
+func parseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	d, err := time.ParseDuration(s)
+	if err == nil {
+		return d, nil
+	}
+	if _, numErr := strconv.ParseFloat(s, 64); numErr == nil {
+		return 0, fmt.Errorf("missing unit in duration %q: write %q", s, s+"s")
+	}
+	return 0, fmt.Errorf(`invalid duration %q: write a number with a unit, such as "30s", "2m" or "1h30m"`, s)
+}
+
+// formatDuration writes d as Go does, without the zero units at its end: "1m", not "1m0s".
+func formatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// intValue is a decimal integer.
+type intValue int
+
+func (v *intValue) Set(s string) error {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return fmt.Errorf("must be an integer, got %q", s)
+	}
+	*v = intValue(n)
+	return nil
+}
+func (v *intValue) summary() slog.Value { return slog.IntValue(int(*v)) }
+func (v *intValue) String() string {
+	if v == nil {
+		return "0"
+	}
+	return strconv.Itoa(int(*v))
+}
+
+// floatValue is a decimal number.
+type floatValue float64
+
+func (v *floatValue) Set(s string) error {
+	f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil {
+		return fmt.Errorf("must be a number, got %q", s)
+	}
+	*v = floatValue(f)
+	return nil
+}
+func (v *floatValue) summary() slog.Value { return slog.Float64Value(float64(*v)) }
+func (v *floatValue) String() string {
+	if v == nil {
+		return "0"
+	}
+	return formatFloat(float64(*v))
+}
+
+func formatFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+
+// boolValue is true/false, 1/0 or yes/no, in any case. As a flag, naming it sets it.
+type boolValue bool
+
+func (v *boolValue) Set(s string) error {
+	b, err := parseBool(s)
+	if err != nil {
+		return err
+	}
+	*v = boolValue(b)
+	return nil
+}
+func (v *boolValue) IsBoolFlag() bool    { return true }
+func (v *boolValue) summary() slog.Value { return slog.BoolValue(bool(*v)) }
+func (v *boolValue) String() string {
+	if v == nil {
+		return "false"
+	}
+	return strconv.FormatBool(bool(*v))
+}
+
+func parseBool(s string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "true", "1", "yes":
+		return true, nil
+	case "false", "0", "no":
+		return false, nil
+	}
+	return false, fmt.Errorf("must be true or false (or 1/0, yes/no), got %q", s)
+}
