@@ -56,9 +56,9 @@ type Config struct {
 	CircuitThreshold int           // consecutive 401/403 answers that open the circuit
 	CircuitCooldown  time.Duration // before the open circuit probes Graph
 
-	Track         bool          // check the assignment's state after accepted
-	TrackDeadline time.Duration // give up checking a state still delivering after this
-	Precheck      bool          // read the assignment's state before reprocess too
+	Verify         bool          // check the assignment's state after accepted
+	VerifyDeadline time.Duration // give up checking a state still delivering after this
+	Precheck       bool          // read the assignment's state before reprocess too
 
 	AckWait        time.Duration
 	MaxAckPending  int // 0 means derived: see EffectiveMaxAckPending
@@ -96,8 +96,8 @@ func defaultConfig() Config {
 		CoalesceWindow:   time.Minute,
 		CircuitThreshold: 20,
 		CircuitCooldown:  30 * time.Second,
-		Track:            true,
-		TrackDeadline:    10 * time.Minute,
+		Verify:           true,
+		VerifyDeadline:   10 * time.Minute,
 		AckWait:          30 * time.Second,
 		EventsMaxAge:     7 * 24 * time.Hour,
 		DLQMaxAge:        30 * 24 * time.Hour,
@@ -126,12 +126,16 @@ func cloudGraphURL(cloud string) (string, bool) {
 	return "", false
 }
 
-// EffectiveMaxAckPending returns MaxAckPending, or twice the concurrency when it is 0.
+// EffectiveMaxAckPending returns MaxAckPending or, when it is 0, ten times the concurrency
+// and at least 1000. The limit is the consumer's, shared by every replica, and messages
+// handed back with a delay count against it until they are delivered again, so it must sit
+// well above one replica's concurrency; each replica's fetches are bounded by its own
+// free slots anyway.
 func (c Config) EffectiveMaxAckPending() int {
 	if c.MaxAckPending > 0 {
 		return c.MaxAckPending
 	}
-	return 2 * c.Concurrency
+	return max(1000, 10*c.Concurrency)
 }
 
 // LoadConfig reads the configuration from getenv and then from args (flags win) and
@@ -394,7 +398,7 @@ func (c Config) problems() []error {
 		{"REPROCESSOR_BACKOFF_INITIAL", c.BackoffInitial},
 		{"REPROCESSOR_BACKOFF_MAX", c.BackoffMax},
 		{"REPROCESSOR_CIRCUIT_COOLDOWN", c.CircuitCooldown},
-		{"REPROCESSOR_TRACK_DEADLINE", c.TrackDeadline},
+		{"REPROCESSOR_VERIFY_DEADLINE", c.VerifyDeadline},
 		{"REPROCESSOR_ACK_WAIT", c.AckWait},
 		{"REPROCESSOR_EVENTS_MAX_AGE", c.EventsMaxAge},
 		{"REPROCESSOR_DLQ_MAX_AGE", c.DLQMaxAge},
@@ -640,8 +644,8 @@ func (c *Config) settings() []setting {
 		{env: "REPROCESSOR_CIRCUIT_THRESHOLD", help: "consecutive 401/403 answers that stop fetching", value: (*intValue)(&c.CircuitThreshold)},
 		{env: "REPROCESSOR_CIRCUIT_COOLDOWN", help: "wait before an open circuit probes Graph", value: (*durationValue)(&c.CircuitCooldown)},
 
-		{env: "REPROCESSOR_TRACK", help: "check assignment state after accepted", value: (*boolValue)(&c.Track)},
-		{env: "REPROCESSOR_TRACK_DEADLINE", help: "stop checking a state still delivering after this", value: (*durationValue)(&c.TrackDeadline)},
+		{env: "REPROCESSOR_VERIFY", help: "check assignment state after accepted", value: (*boolValue)(&c.Verify)},
+		{env: "REPROCESSOR_VERIFY_DEADLINE", help: "stop checking a state still delivering after this", value: (*durationValue)(&c.VerifyDeadline)},
 		{env: "REPROCESSOR_PRECHECK", help: "read assignment state before reprocess too", value: (*boolValue)(&c.Precheck)},
 
 		{env: "REPROCESSOR_ACK_WAIT", help: "JetStream ack wait of the consumers", value: (*durationValue)(&c.AckWait)},

@@ -84,8 +84,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 		CoalesceWindow:   time.Minute,
 		CircuitThreshold: 20,
 		CircuitCooldown:  30 * time.Second,
-		Track:            true,
-		TrackDeadline:    10 * time.Minute,
+		Verify:           true,
+		VerifyDeadline:   10 * time.Minute,
 		AckWait:          30 * time.Second,
 		EventsMaxAge:     168 * time.Hour,
 		DLQMaxAge:        720 * time.Hour,
@@ -101,8 +101,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("defaults:\n got %s\nwant %s", cfg, want)
 	}
-	if got := cfg.EffectiveMaxAckPending(); got != 32 {
-		t.Errorf("EffectiveMaxAckPending() = %d, want 32", got)
+	if got := cfg.EffectiveMaxAckPending(); got != 1000 {
+		t.Errorf("EffectiveMaxAckPending() = %d, want 1000", got)
 	}
 }
 
@@ -159,8 +159,8 @@ func TestLoadConfigEveryVariable(t *testing.T) {
 		CoalesceWindow:          0,
 		CircuitThreshold:        3,
 		CircuitCooldown:         time.Minute,
-		Track:                   false,
-		TrackDeadline:           20 * time.Minute,
+		Verify:                  false,
+		VerifyDeadline:          20 * time.Minute,
 		Precheck:                true,
 		AckWait:                 45 * time.Second,
 		MaxAckPending:           100,
@@ -229,7 +229,7 @@ func TestFlagNames(t *testing.T) {
 		"coalesce-window", "circuit-threshold", "circuit-cooldown", "ack-wait", "max-ack-pending",
 		"events-max-age", "dlq-max-age", "stream-replicas", "no-create", "http-addr", "pprof-addr",
 		"log-level", "log-format", "data-dir", "embedded-addr", "shutdown-timeout", "instance",
-		"track", "track-deadline", "precheck",
+		"verify", "verify-deadline", "precheck",
 	} {
 		if !slices.Contains(names, want) {
 			t.Errorf("no flag --%s", want)
@@ -263,7 +263,7 @@ func TestFlagsOverrideEnvironment(t *testing.T) {
 		"--no-create=no",
 		"--http-addr", "off",
 		"--nats-url", "nats://flag.example.com:4222",
-		"--track=false",
+		"--verify=false",
 		"--cloud", "China",
 		"run", "--not-a-config-flag", "x",
 	}
@@ -284,7 +284,7 @@ func TestFlagsOverrideEnvironment(t *testing.T) {
 		{"NoCreate", cfg.NoCreate, false},
 		{"HTTPAddr", cfg.HTTPAddr, ""},
 		{"NATSURL", cfg.NATSURL, "nats://flag.example.com:4222"},
-		{"Track", cfg.Track, false},
+		{"Verify", cfg.Verify, false},
 		{"Cloud", cfg.Cloud, "china"},
 		{"GraphURL", cfg.GraphURL, "https://microsoftgraph.chinacloudapi.cn"},
 		{"LogFormat", cfg.LogFormat, "json"}, // from the environment: no flag given

@@ -1,0 +1,366 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/reprocessor/reprocessor/graph"
+	"github.com/reprocessor/reprocessor/metrics"
+	"github.com/reprocessor/reprocessor/queue"
+	"github.com/reprocessor/reprocessor/worker"
+)
+
+// runOptions are what demo and tests add to a worker run.
+type runOptions struct {
+	graphHTTP *http.Client         // carries Graph and token calls (a client trusting a simulated Graph)
+	started   func(started)        // called once everything is up
+	registry  *prometheus.Registry // default a new registry
+}
+
+// started says where a running worker can be reached.
+type started struct {
+	NATSURL  string // the NATS server in use (the embedded one when NATS_URL is unset)
+	HTTPAddr string // the metrics and health listener, "" when off
+}
+
+// runWorker runs the worker until ctx is done, then shuts down in order: stop fetching,
+// let in-flight work finish within the shutdown timeout, stop the HTTP listeners, drain
+// the NATS connection and stop the embedded server.
+func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(string) string, opts runOptions) error {
+	log.Info("starting reprocessor", "version", versionLine(), "config", cfg)
+
+	natsURL := cfg.NATSURL
+	if natsURL == "" {
+		emb, err := startEmbedded(cfg, log)
+		if err != nil {
+			return err
+		}
+		defer emb.Shutdown()
+		natsURL = emb.ClientURL()
+		log.Info("NATS_URL is not set: started an embedded JetStream server", "url", natsURL, "data_dir", cfg.DataDir)
+	}
+	cc := queue.ConnConfigFromEnv(getenv)
+	cc.URL = natsURL
+	cc.Name = "reprocessor/" + cfg.Instance
+	nc, err := queue.Connect(ctx, cc, log)
+	if err != nil {
+		return fmt.Errorf("connect to NATS %s: %w", cc.Redacted(), err)
+	}
+	defer func() {
+		if err := drain(nc, 10*time.Second); err != nil {
+			log.Warn("NATS drain", "err", err)
+		}
+	}()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	q, err := setupQueue(ctx, js, queueConfig(cfg), log)
+	if err != nil {
+		return err
+	}
+	if q == nil {
+		return nil // stopped before NATS could be reached
+	}
+
+	reg := opts.registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+		if err := metrics.RegisterRuntimeCollectors(reg); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+	}
+	m := metrics.New(reg, buildInfo())
+
+	credCtx, stopCred := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopCred()
+	cred, client, err := newGraph(cfg, getenv, opts.graphHTTP, m, log)
+	if err != nil {
+		return err
+	}
+	credDone := make(chan struct{})
+	go func() { defer close(credDone); cred.Run(credCtx) }()
+	defer func() { stopCred(); <-credDone }()
+	log.Info("Graph client ready", "graph_url", cfg.GraphURL, "api_version", cfg.GraphAPIVersion, "credential", cred.Kind())
+
+	var limiter worker.Limiter
+	if cfg.Rate > 0 {
+		limiter = rate.NewLimiter(rate.Limit(cfg.Rate), max(1, int(cfg.Rate/10)))
+	}
+	w, err := worker.New(workerConfig(cfg, log), worker.Deps{
+		Source:      q,
+		Graph:       graphAdapter{client},
+		Events:      q,
+		DeadLetters: q,
+		Limiter:     limiter,
+		Observer:    m,
+		Hold: func() error {
+			if cred.Ready() {
+				return nil
+			}
+			return errors.New("no Graph token yet")
+		},
+	})
+	if err != nil {
+		return err
+	}
+
+	pollCtx, stopPoll := context.WithCancel(context.WithoutCancel(ctx))
+	var queueOK atomic.Bool
+	pollDone := make(chan struct{})
+	go func() { defer close(pollDone); pollQueue(pollCtx, q, m, &queueOK, log) }()
+	defer func() { stopPoll(); <-pollDone }()
+
+	checks := []metrics.Check{
+		{Name: "nats", Func: func() error {
+			if !nc.IsConnected() {
+				return fmt.Errorf("not connected (status %s)", nc.Status())
+			}
+			return nil
+		}},
+		{Name: "consumer", Func: func() error {
+			if !queueOK.Load() {
+				return errors.New("consumer info unavailable")
+			}
+			return nil
+		}},
+		{Name: "graph_token", Func: func() error {
+			if cred.Ready() {
+				return nil
+			}
+			if err := cred.LastError(); err != nil {
+				return err
+			}
+			return errors.New("no token obtained yet")
+		}},
+		{Name: "worker", Func: w.Ready},
+	}
+	httpAddr, stopHTTP, err := serveHTTP(cfg.HTTPAddr, metrics.Handler(reg, checks, log), log)
+	if err != nil {
+		return err
+	}
+	defer stopHTTP()
+	if cfg.PprofAddr != "" {
+		_, stopPprof, err := serveHTTP(cfg.PprofAddr, metrics.PprofHandler(), log)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
+	}
+	if opts.started != nil {
+		opts.started(started{NATSURL: natsURL, HTTPAddr: httpAddr})
+	}
+	log.Info("worker running", "requests", q.Config().Prefix+".requests", "concurrency", cfg.Concurrency, "rate", cfg.Rate, "http", httpAddr)
+	return w.Run(ctx)
+}
+
+func startEmbedded(cfg Config, log *slog.Logger) (*queue.Embedded, error) {
+	host, portText, err := net.SplitHostPort(cfg.EmbeddedAddr)
+	if err != nil {
+		return nil, fmt.Errorf("REPROCESSOR_EMBEDDED_ADDR %q: %w", cfg.EmbeddedAddr, err)
+	}
+	port, err := strconv.Atoi(portText)
+	if err != nil {
+		return nil, fmt.Errorf("REPROCESSOR_EMBEDDED_ADDR %q: bad port", cfg.EmbeddedAddr)
+	}
+	if port == 0 {
+		port = -1
+	}
+	emb, err := queue.StartEmbedded(queue.EmbeddedConfig{Host: host, Port: port, DataDir: cfg.DataDir, Logger: log.With("component", "nats-server")})
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS server on %s (data in %s): %w", cfg.EmbeddedAddr, cfg.DataDir, err)
+	}
+	return emb, nil
+}
+
+// setupQueue creates or binds the streams and the consumer, retrying while NATS cannot be
+// reached. It returns nil, nil when ctx ends first.
+func setupQueue(ctx context.Context, js jetstream.JetStream, qc queue.Config, log *slog.Logger) (*queue.Queue, error) {
+	delay := time.Second
+	for {
+		q, err := queue.Setup(ctx, js, qc, log)
+		if err == nil {
+			return q, nil
+		}
+		if errors.Is(err, queue.ErrNotProvisioned) {
+			return nil, err
+		}
+		log.Warn("cannot set up the JetStream streams yet; retrying", "err", err, "in", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, nil
+		case <-t.C:
+		}
+		delay = min(2*delay, 30*time.Second)
+	}
+}
+
+func queueConfig(cfg Config) queue.Config {
+	return queue.Config{
+		Prefix:        cfg.SubjectPrefix,
+		EventsMaxAge:  cfg.EventsMaxAge,
+		DLQMaxAge:     cfg.DLQMaxAge,
+		Replicas:      cfg.StreamReplicas,
+		AckWait:       cfg.AckWait,
+		MaxAckPending: cfg.EffectiveMaxAckPending(),
+		NoCreate:      cfg.NoCreate,
+	}
+}
+
+func workerConfig(cfg Config, log *slog.Logger) worker.Config {
+	coalesce := cfg.CoalesceWindow
+	if coalesce == 0 {
+		coalesce = -1 // worker: negative turns the window off, zero means its default
+	}
+	return worker.Config{
+		Source:           "reprocessor/" + cfg.Instance,
+		Concurrency:      cfg.Concurrency,
+		MaxDeliver:       cfg.MaxDeliver,
+		DeliveryBudget:   cfg.DeliveryBudget,
+		Backoff:          worker.Backoff{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
+		CoalesceWindow:   coalesce,
+		CircuitThreshold: cfg.CircuitThreshold,
+		CircuitCooldown:  cfg.CircuitCooldown,
+		Heartbeat:        max(cfg.AckWait/3, 100*time.Millisecond),
+		ShutdownTimeout:  cfg.ShutdownTimeout,
+		Logger:           log,
+	}
+}
+
+func newGraph(cfg Config, getenv func(string) string, httpClient *http.Client, m *metrics.Metrics, log *slog.Logger) (*graph.Credential, *graph.Client, error) {
+	cloud, err := graph.CloudByName(cfg.Cloud)
+	if err != nil {
+		return nil, nil, fmt.Errorf("REPROCESSOR_CLOUD: %w", err)
+	}
+	cred, err := graph.NewCredential(getenv, cloud, graph.CredentialOptions{GraphURL: cfg.GraphURL, HTTPClient: httpClient, Logger: log})
+	if err != nil {
+		return nil, nil, fmt.Errorf("graph credential: %w", err)
+	}
+	client, err := graph.New(graph.Config{
+		BaseURL:    cfg.GraphURL,
+		APIVersion: cfg.GraphAPIVersion,
+		Timeout:    cfg.GraphTimeout,
+		HTTPClient: httpClient,
+		Tokens:     cred,
+		Observe:    m.ObserveGraph,
+		Logger:     log,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("graph client: %w", err)
+	}
+	return cred, client, nil
+}
+
+// pollQueue keeps the queue gauges and the consumer's health current.
+func pollQueue(ctx context.Context, q *queue.Queue, m *metrics.Metrics, ok *atomic.Bool, log *slog.Logger) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		callCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		pending, ackPending, err := q.Pending(callCtx)
+		cancel()
+		if err != nil {
+			if ok.Swap(false) && ctx.Err() == nil {
+				log.Warn("consumer info unavailable", "err", err)
+			}
+		} else {
+			ok.Store(true)
+			m.SetQueue(pending, ackPending)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// serveHTTP serves h on addr ("" or "off": nothing) and returns the address bound and a
+// function that stops the server.
+func serveHTTP(addr string, h http.Handler, log *slog.Logger) (string, func(), error) {
+	if addr == "" || addr == "off" {
+		return "", func() {}, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("HTTP server", "addr", addr, "err", err)
+		}
+	}()
+	return ln.Addr().String(), func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-done
+	}, nil
+}
+
+// drain drains the connection, flushing what it publishes, and waits until it is closed.
+func drain(nc *nats.Conn, timeout time.Duration) error {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return err
+	}
+	select {
+	case <-closed:
+		return nil
+	case <-time.After(timeout):
+		nc.Close()
+		return errors.New("drain timed out")
+	}
+}
+
+// graphAdapter presents the Graph client to the worker.
+type graphAdapter struct{ c *graph.Client }
+
+func (g graphAdapter) Reprocess(ctx context.Context, id string) (worker.Response, error) {
+	r, err := g.c.Reprocess(ctx, id)
+	resp := worker.Response{
+		Status:          r.Status,
+		RequestID:       r.RequestID,
+		ClientRequestID: r.ClientRequestID,
+		RetryAfter:      r.RetryAfter,
+		HasRetryAfter:   r.HasRetryAfter,
+		AuthRetries:     r.AuthRetries,
+	}
+	if r.Error != nil {
+		resp.ErrorCode, resp.ErrorMessage = r.Error.Code, r.Error.Message
+	}
+	switch {
+	case err == nil:
+		return resp, nil
+	case errors.Is(err, graph.ErrToken):
+		return resp, fmt.Errorf("%w: %w", worker.ErrCredential, err)
+	case errors.Is(err, graph.ErrTimeout):
+		return resp, fmt.Errorf("%w: %w", worker.ErrTimeout, err)
+	case errors.Is(err, graph.ErrInvalidID):
+		// The worker validates ids as strictly as the client; should they ever disagree,
+		// the request fails rather than reaching Graph.
+		resp.Status, resp.ErrorCode, resp.ErrorMessage = http.StatusBadRequest, "invalid_id", err.Error()
+		return resp, nil
+	default:
+		return resp, fmt.Errorf("%w: %w", worker.ErrNetwork, err)
+	}
+}

@@ -1,0 +1,286 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/reprocessor/reprocessor/graph/graphtest"
+	"github.com/reprocessor/reprocessor/queue"
+	"github.com/reprocessor/reprocessor/worker"
+)
+
+// cmdDemo runs the whole system on this machine with nothing configured: an embedded NATS
+// server, the simulated Graph, the worker and a producer of sample ids, printing the events
+// as they happen and a running tally.
+func cmdDemo(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	count := fs.Int("ids", 0, "publish this many sample requests, wait for their events and stop (0: until Ctrl-C)")
+	perSecond := fs.Float64("per-second", 10, "sample requests published per second")
+	load := BindConfig(fs, demoEnv(getenv, nil))
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	cfg, err := load()
+	if err != nil {
+		fmt.Fprintf(stderr, "reprocessor demo: invalid configuration:\n%v\n", err)
+		return exitUsage
+	}
+	if *perSecond <= 0 || *count < 0 {
+		fmt.Fprintln(stderr, "reprocessor demo: --per-second must be above 0 and --ids at least 0")
+		return exitUsage
+	}
+	if getenv("REPROCESSOR_LOG_LEVEL") == "" {
+		cfg.LogLevel = "error" // the demo prints the events; the worker's warnings would repeat them
+	}
+	log, err := NewLogger(stderr, cfg.LogLevel, cfg.LogFormat, cfg.Secrets())
+	if err != nil {
+		fmt.Fprintf(stderr, "reprocessor demo: %v\n", err)
+		return exitUsage
+	}
+
+	gt, err := graphtest.Start(graphtest.Realistic())
+	if err != nil {
+		fmt.Fprintf(stderr, "reprocessor demo: simulated Graph: %v\n", err)
+		return exitFailed
+	}
+	defer gt.Close()
+	dataDir, err := os.MkdirTemp("", "reprocessor-demo-")
+	if err != nil {
+		fmt.Fprintf(stderr, "reprocessor demo: %v\n", err)
+		return exitFailed
+	}
+	defer os.RemoveAll(dataDir)
+	env := demoEnv(getenv, gt.Env(""))
+	cfg.NATSURL, cfg.DataDir, cfg.EmbeddedAddr = "", dataDir, "127.0.0.1:0"
+	cfg.GraphURL, cfg.Cloud = gt.URL, "public"
+	cfg.AzureAuthorityHost = env("AZURE_AUTHORITY_HOST")
+
+	d := &demo{out: stdout, start: time.Now(), tally: map[string]int{}, done: make(chan struct{})}
+	fmt.Fprintf(stdout, "reprocessor demo: simulated Graph at %s (latency 50-300ms, ~2%% unknown ids, occasional 429/503)\n", gt.URL)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	up := make(chan started, 1)
+	workerDone := make(chan error, 1)
+	go func() {
+		workerDone <- runWorker(ctx, cfg, log, env, runOptions{graphHTTP: gt.Client(), started: func(s started) { up <- s }})
+	}()
+	var s started
+	select {
+	case s = <-up:
+	case err := <-workerDone:
+		fmt.Fprintf(stderr, "reprocessor demo: the worker did not start: %v\n", err)
+		return exitFailed
+	}
+	fmt.Fprintf(stdout, "embedded NATS at %s: publish ids to %s.requests, watch %s.events.>\n", s.NATSURL, cfg.SubjectPrefix, cfg.SubjectPrefix)
+	if s.HTTPAddr != "" {
+		fmt.Fprintf(stdout, "metrics at http://%s/metrics, health at /healthz and /readyz\n", s.HTTPAddr)
+	}
+	fmt.Fprintln(stdout, "Ctrl-C stops.")
+
+	nc, err := queue.Connect(ctx, queue.ConnConfig{URL: s.NATSURL, Name: "reprocessor-demo"}, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "reprocessor demo: %v\n", err)
+		cancel()
+		<-workerDone
+		return exitFailed
+	}
+	defer nc.Close()
+	sub, err := nc.Subscribe(cfg.SubjectPrefix+".events.>", d.onEvent)
+	if err != nil {
+		fmt.Fprintf(stderr, "reprocessor demo: subscribe: %v\n", err)
+		cancel()
+		<-workerDone
+		return exitFailed
+	}
+	defer sub.Unsubscribe()
+
+	producerDone := make(chan struct{})
+	go func() {
+		defer close(producerDone)
+		d.produce(ctx, nc, cfg.SubjectPrefix+".requests", *count, *perSecond)
+	}()
+	ticker := time.NewTicker(5 * time.Second)
+	defer ticker.Stop()
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-d.done:
+			break loop
+		case <-ticker.C:
+			d.printTally()
+		case err := <-workerDone:
+			fmt.Fprintf(stderr, "reprocessor demo: the worker stopped: %v\n", err)
+			return exitFailed
+		}
+	}
+	cancel()
+	<-producerDone
+	err = <-workerDone
+	d.printTally()
+	if err != nil {
+		fmt.Fprintf(stderr, "reprocessor demo: %v\n", err)
+		return exitFailed
+	}
+	fmt.Fprintln(stdout, "demo stopped cleanly")
+	return exitOK
+}
+
+// demoEnv hides the caller's NATS and Azure settings from the demo, which brings its own,
+// and passes everything else through.
+func demoEnv(getenv func(string) string, own map[string]string) func(string) string {
+	return func(k string) string {
+		if v, ok := own[k]; ok {
+			return v
+		}
+		if strings.HasPrefix(k, "NATS_") || strings.HasPrefix(k, "AZURE_") || k == "REPROCESSOR_GRAPH_URL" || k == "REPROCESSOR_CLOUD" {
+			return ""
+		}
+		return getenv(k)
+	}
+}
+
+// demo publishes sample requests and prints the events.
+type demo struct {
+	out   io.Writer
+	start time.Time
+
+	mu        sync.Mutex
+	published int
+	expected  int // terminal events to wait for; 0 until the producer has finished
+	tally     map[string]int
+	terminal  int
+	done      chan struct{}
+	closed    bool
+}
+
+// samplePayload returns the i-th sample request: mostly valid ids, some in JSON with a
+// correlation id, a few malformed, and now and then the previous id again.
+func samplePayload(i int, rnd *rand.Rand, prev string) string {
+	switch {
+	case i%25 == 7:
+		bad := []string{"not-a-guid", "../../users", "{" + randomID(rnd) + "}", `{"id": 42}`, ""}
+		return bad[(i/25)%len(bad)]
+	case i%20 == 3 && prev != "":
+		return prev // a duplicate: coalesced if the first is still in flight or just accepted
+	case i%4 == 0:
+		return fmt.Sprintf(`{"id":%q,"correlationId":"demo-%d","requestedBy":"demo","reason":"sample"}`, randomID(rnd), i)
+	}
+	return randomID(rnd)
+}
+
+func randomID(rnd *rand.Rand) string {
+	return fmt.Sprintf("%08x-%04x-4%03x-%04x-%012x", rnd.Uint32(), rnd.Uint32()&0xffff, rnd.Uint32()&0xfff,
+		0x8000|rnd.Uint32()&0x3fff, rnd.Uint64()&0xffffffffffff)
+}
+
+func (d *demo) produce(ctx context.Context, nc *nats.Conn, subject string, count int, perSecond float64) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		fmt.Fprintf(d.out, "producer: %v\n", err)
+		return
+	}
+	rnd := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	tick := time.NewTicker(time.Duration(float64(time.Second) / perSecond))
+	defer tick.Stop()
+	prev := ""
+	for i := 0; count == 0 || i < count; i++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		p := samplePayload(i, rnd, prev)
+		if _, ok := worker.NormalizeID(p); ok {
+			prev = p
+		}
+		if _, err := js.Publish(ctx, subject, []byte(p)); err != nil {
+			if ctx.Err() == nil {
+				fmt.Fprintf(d.out, "producer: publish: %v\n", err)
+			}
+			continue
+		}
+		d.mu.Lock()
+		d.published++
+		d.mu.Unlock()
+	}
+	d.mu.Lock()
+	d.expected = d.published
+	d.checkDone()
+	d.mu.Unlock()
+}
+
+func (d *demo) onEvent(m *nats.Msg) {
+	var e worker.Event
+	if err := json.Unmarshal(m.Data, &e); err != nil {
+		fmt.Fprintf(d.out, "unreadable event on %s: %v\n", m.Subject, err)
+		return
+	}
+	fmt.Fprintln(d.out, eventLine(&e))
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.tally[e.Kind()]++
+	if e.Kind() != worker.KindStateChanged {
+		d.terminal++
+	}
+	d.checkDone()
+}
+
+func (d *demo) checkDone() {
+	if d.expected > 0 && d.terminal >= d.expected && !d.closed {
+		d.closed = true
+		close(d.done)
+	}
+}
+
+// eventLine renders an event on one line for people.
+func eventLine(e *worker.Event) string {
+	var b strings.Builder
+	id := e.Data.AssignmentID
+	if id == "" {
+		id = "-"
+	}
+	fmt.Fprintf(&b, "%s  %-13s %-36s", e.Time.Local().Format("15:04:05.000"), e.Kind(), id)
+	if e.Data.Attempts > 0 {
+		fmt.Fprintf(&b, "  attempts=%d", e.Data.Attempts)
+	}
+	if e.Data.HTTPStatus != 0 {
+		fmt.Fprintf(&b, " http=%d", e.Data.HTTPStatus)
+	}
+	if e.Data.State != "" {
+		fmt.Fprintf(&b, " state=%s→%s", e.Data.PreviousState, e.Data.State)
+	}
+	if e.Data.Error != nil {
+		fmt.Fprintf(&b, " error=%s: %s", e.Data.Error.Code, e.Data.Error.Message)
+	}
+	if e.Data.CorrelationID != "" {
+		fmt.Fprintf(&b, " correlation=%s", e.Data.CorrelationID)
+	}
+	if e.Data.GraphRequestID != "" {
+		fmt.Fprintf(&b, " request-id=%s", e.Data.GraphRequestID)
+	}
+	return b.String()
+}
+
+func (d *demo) printTally() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	fmt.Fprintf(d.out, "── %s: published %d │ accepted %d │ failed %d │ rejected %d │ coalesced %d │ state changes %d\n",
+		time.Since(d.start).Round(time.Second), d.published, d.tally[worker.KindAccepted], d.tally[worker.KindFailed],
+		d.tally[worker.KindRejected], d.tally[worker.KindCoalesced], d.tally[worker.KindStateChanged])
+}
+
