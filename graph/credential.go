@@ -214,7 +214,16 @@ func (c *Credential) Token(ctx context.Context) (string, error) {
 		return "", err
 	}
 	c.mu.Unlock()
-	return c.fetch(ctx, "token", false)
+	t, err := c.fetch(ctx, "token", false)
+	if err != nil {
+		// A renewal that failed leaves the current token usable until it expires.
+		c.mu.Lock()
+		if c.token != "" && c.now().Before(c.expires) {
+			t, err = c.token, nil
+		}
+		c.mu.Unlock()
+	}
+	return t, err
 }
 
 // Refresh returns a token other than stale, from a new azidentity credential (whose cache

@@ -283,4 +283,3 @@ func (d *demo) printTally() {
 		time.Since(d.start).Round(time.Second), d.published, d.tally[worker.KindAccepted], d.tally[worker.KindFailed],
 		d.tally[worker.KindRejected], d.tally[worker.KindCoalesced], d.tally[worker.KindStateChanged])
 }
-

@@ -109,6 +109,14 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, tenant string) in
 		rejectAt = issued.Add(100 * time.Millisecond)
 	}
 	s.tokens.Store(token, tokenInfo{rejectAt: rejectAt})
+	if s.issued.Add(1)%1024 == 0 { // forget dead tokens now and then: fake-graph runs for long
+		s.tokens.Range(func(k, v any) bool {
+			if issued.After(v.(tokenInfo).rejectAt) {
+				s.tokens.Delete(k)
+			}
+			return true
+		})
+	}
 	seconds := max(int(s.lifetime/time.Second), 1)
 	writeJSON(w, http.StatusOK, map[string]any{
 		"token_type":     "Bearer",

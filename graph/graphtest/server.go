@@ -89,6 +89,7 @@ type Server struct {
 	maxCalls int
 
 	tokens sync.Map // access token -> tokenInfo
+	issued atomic.Int64
 
 	latencyMin, latencyMax atomic.Int64
 	unknownRate            atomicFloat
