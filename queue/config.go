@@ -1,0 +1,163 @@
+// Package queue adapts NATS JetStream to the worker: it creates or binds the request,
+// event and dead-letter streams and the durable pull consumer, fetches request messages,
+// publishes events and dead letters, connects to NATS with the NATS CLI's variables, and
+// runs an embedded JetStream server for single-machine use.
+package queue
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Defaults applied by Config's zero values.
+const (
+	DefaultPrefix          = "entitlement.reprocess"
+	DefaultRequestsStream  = "REPROCESS_REQUESTS"
+	DefaultEventsStream    = "REPROCESS_EVENTS"
+	DefaultDLQStream       = "REPROCESS_DLQ"
+	DefaultDurable         = "reprocessor"
+	DefaultEventsMaxAge    = 7 * 24 * time.Hour
+	DefaultDLQMaxAge       = 30 * 24 * time.Hour
+	DefaultReplicas        = 1
+	DefaultAckWait         = 30 * time.Second
+	DefaultMaxAckPending   = 1000
+	DefaultFetchMaxWait    = 5 * time.Second
+	DefaultDuplicateWindow = 10 * time.Minute
+)
+
+// Config names the streams and the consumer and sets their limits. The zero value of each
+// field means its default.
+type Config struct {
+	// Prefix is the subject prefix: requests go to "<prefix>.requests", events to
+	// "<prefix>.events.<kind>", dead letters to "<prefix>.dlq".
+	Prefix         string
+	RequestsStream string
+	EventsStream   string
+	DLQStream      string
+	// Durable is the name of the durable pull consumer on the requests stream.
+	Durable      string
+	EventsMaxAge time.Duration
+	DLQMaxAge    time.Duration
+	// Replicas is the replica count of the three streams (1 on a single server).
+	Replicas int
+	// AckWait is how long a delivered message may stay unacknowledged (without
+	// InProgress) before the server delivers it again.
+	AckWait time.Duration
+	// MaxAckPending bounds the messages delivered and not yet acknowledged. Messages held
+	// with NakWithDelay count against it until they are delivered again, so it must be well
+	// above the worker's concurrency (several times it), or delayed retries stall delivery.
+	// Default 1000.
+	MaxAckPending int
+	// FetchMaxWait is how long one pull waits for messages.
+	FetchMaxWait time.Duration
+	// NoCreate makes Setup only bind to existing streams and consumer, for accounts that
+	// may not manage JetStream assets.
+	NoCreate bool
+	// DuplicateWindow is the dedupe window of the events and dead-letter streams: a
+	// publish repeating a Nats-Msg-Id seen within it is dropped.
+	DuplicateWindow time.Duration
+}
+
+// withDefaults returns c with every zero field set to its default.
+func (c Config) withDefaults() Config {
+	c.Prefix = cmp.Or(c.Prefix, DefaultPrefix)
+	c.RequestsStream = cmp.Or(c.RequestsStream, DefaultRequestsStream)
+	c.EventsStream = cmp.Or(c.EventsStream, DefaultEventsStream)
+	c.DLQStream = cmp.Or(c.DLQStream, DefaultDLQStream)
+	c.Durable = cmp.Or(c.Durable, DefaultDurable)
+	c.EventsMaxAge = cmp.Or(c.EventsMaxAge, DefaultEventsMaxAge)
+	c.DLQMaxAge = cmp.Or(c.DLQMaxAge, DefaultDLQMaxAge)
+	c.Replicas = cmp.Or(c.Replicas, DefaultReplicas)
+	c.AckWait = cmp.Or(c.AckWait, DefaultAckWait)
+	c.MaxAckPending = cmp.Or(c.MaxAckPending, DefaultMaxAckPending)
+	c.FetchMaxWait = cmp.Or(c.FetchMaxWait, DefaultFetchMaxWait)
+	c.DuplicateWindow = cmp.Or(c.DuplicateWindow, DefaultDuplicateWindow)
+	return c
+}
+
+// validate reports the first invalid field of a defaulted config, by name.
+func (c Config) validate() error {
+	if err := validSubject(c.Prefix); err != nil {
+		return fmt.Errorf("queue config: Prefix %q: %w", c.Prefix, err)
+	}
+	for _, n := range []struct{ field, value string }{
+		{"RequestsStream", c.RequestsStream},
+		{"EventsStream", c.EventsStream},
+		{"DLQStream", c.DLQStream},
+		{"Durable", c.Durable},
+	} {
+		if err := validName(n.value); err != nil {
+			return fmt.Errorf("queue config: %s %q: %w", n.field, n.value, err)
+		}
+	}
+	if c.RequestsStream == c.EventsStream || c.RequestsStream == c.DLQStream || c.EventsStream == c.DLQStream {
+		return errors.New("queue config: RequestsStream, EventsStream and DLQStream must differ")
+	}
+	switch {
+	case c.EventsMaxAge < 0:
+		return errors.New("queue config: EventsMaxAge must not be negative")
+	case c.DLQMaxAge < 0:
+		return errors.New("queue config: DLQMaxAge must not be negative")
+	case c.Replicas < 1 || c.Replicas > 5:
+		return fmt.Errorf("queue config: Replicas %d: must be 1 to 5", c.Replicas)
+	case c.AckWait < time.Second:
+		return fmt.Errorf("queue config: AckWait %s: must be at least 1s", c.AckWait)
+	case c.MaxAckPending < 1:
+		return fmt.Errorf("queue config: MaxAckPending %d: must be positive", c.MaxAckPending)
+	case c.FetchMaxWait < 100*time.Millisecond:
+		return fmt.Errorf("queue config: FetchMaxWait %s: must be at least 100ms", c.FetchMaxWait)
+	case c.DuplicateWindow < 0:
+		return errors.New("queue config: DuplicateWindow must not be negative")
+	case c.DuplicateWindow > c.EventsMaxAge:
+		return fmt.Errorf("queue config: DuplicateWindow %s exceeds EventsMaxAge %s", c.DuplicateWindow, c.EventsMaxAge)
+	case c.DuplicateWindow > c.DLQMaxAge:
+		return fmt.Errorf("queue config: DuplicateWindow %s exceeds DLQMaxAge %s", c.DuplicateWindow, c.DLQMaxAge)
+	}
+	return nil
+}
+
+// Subjects returns the requests subject, the events subject prefix (an event of kind k
+// goes to eventsPrefix + "." + k) and the dead-letter subject, with defaults applied.
+func (c Config) Subjects() (requests, eventsPrefix, dlq string) {
+	p := cmp.Or(c.Prefix, DefaultPrefix)
+	return p + ".requests", p + ".events", p + ".dlq"
+}
+
+// validSubject reports whether s is a literal subject: dot-separated, non-empty tokens
+// without wildcards or white space.
+func validSubject(s string) error {
+	if s == "" {
+		return errors.New("empty subject")
+	}
+	for tok := range strings.SplitSeq(s, ".") {
+		if err := validToken(tok); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validToken reports whether tok is one literal subject token.
+func validToken(tok string) error {
+	if tok == "" {
+		return errors.New("empty subject token")
+	}
+	if strings.ContainsAny(tok, "*> \t\r\n.") {
+		return fmt.Errorf("subject token %q holds a wildcard, a dot or white space", tok)
+	}
+	return nil
+}
+
+// validName reports whether s may name a stream or a consumer.
+func validName(s string) error {
+	if s == "" {
+		return errors.New("empty name")
+	}
+	if strings.ContainsAny(s, ".*>/\\ \t\r\n") {
+		return errors.New("a name must not hold '.', '*', '>', slashes or white space")
+	}
+	return nil
+}

@@ -1,0 +1,213 @@
+package queue
+
+import (
+	"bytes"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/reprocessor/reprocessor/worker"
+)
+
+// testEvent returns an accepted event with the given id.
+func testEvent(id string) *worker.Event {
+	return &worker.Event{
+		SpecVersion:     "1.0",
+		ID:              id,
+		Source:          "reprocessor/test",
+		Type:            worker.TypePrefix + worker.KindAccepted,
+		Subject:         "0f8fad5b-d9cb-469f-a165-70867728950e",
+		Time:            time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC),
+		DataContentType: "application/json",
+		Data:            worker.EventData{AssignmentID: "0f8fad5b-d9cb-469f-a165-70867728950e", Attempts: 1, HTTPStatus: 202},
+	}
+}
+
+func TestPublishEventDedupes(t *testing.T) {
+	t.Parallel()
+	f := setup(t, Config{})
+	ctx := testContext(t)
+	e := testEvent(worker.EventID(DefaultRequestsStream, 7, worker.KindAccepted))
+	for range 2 {
+		if err := f.q.PublishEvent(ctx, e); err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+	}
+	if n := f.streamMsgs(t, DefaultEventsStream); n != 1 {
+		t.Fatalf("events stream holds %d messages after publishing one event twice", n)
+	}
+	s, err := f.js.Stream(ctx, DefaultEventsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := s.GetLastMsgForSubject(ctx, "entitlement.reprocess.events.accepted")
+	if err != nil {
+		t.Fatalf("get event: %v", err)
+	}
+	if got := raw.Header.Get(HeaderMsgID); got != "REPROCESS_REQUESTS-7-accepted" {
+		t.Errorf("Nats-Msg-Id %q", got)
+	}
+	var back worker.Event
+	if err := json.Unmarshal(raw.Data, &back); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
+	if back.ID != e.ID || back.Type != e.Type || back.Data.HTTPStatus != 202 || !back.Time.Equal(e.Time) {
+		t.Errorf("stored event %+v", back)
+	}
+
+	// Another kind goes to its own subject.
+	failed := testEvent(worker.EventID(DefaultRequestsStream, 7, worker.KindFailed))
+	failed.Type = worker.TypePrefix + worker.KindFailed
+	if err := f.q.PublishEvent(ctx, failed); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetLastMsgForSubject(ctx, "entitlement.reprocess.events.failed"); err != nil {
+		t.Errorf("failed event: %v", err)
+	}
+}
+
+func TestPublishEventRejectsBadEvents(t *testing.T) {
+	t.Parallel()
+	f := setup(t, Config{})
+	ctx := testContext(t)
+	for name, e := range map[string]*worker.Event{
+		"no id":         testEvent(""),
+		"newline in id": testEvent("a\r\nb"),
+		"wildcard kind": func() *worker.Event { e := testEvent("x"); e.Type = worker.TypePrefix + "*"; return e }(),
+		"dotted kind":   func() *worker.Event { e := testEvent("x"); e.Type = worker.TypePrefix + "a.b"; return e }(),
+		"empty kind":    func() *worker.Event { e := testEvent("x"); e.Type = worker.TypePrefix; return e }(),
+	} {
+		if err := f.q.PublishEvent(ctx, e); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}
+
+func TestDeadLetterCopiesMessage(t *testing.T) {
+	t.Parallel()
+	f := setup(t, Config{FetchMaxWait: 300 * time.Millisecond})
+	ctx := testContext(t)
+
+	binary := make([]byte, 256)
+	for i := range binary {
+		binary[i] = byte(i)
+	}
+	large := bytes.Repeat([]byte("0123456789abcdef"), 512*1024/16)
+	payloads := [][]byte{binary, large, []byte("  0f8fad5b-d9cb-469f-a165-70867728950e\n")}
+	for i, p := range payloads {
+		h := nats.Header{
+			"X-Trace":     {"t1", "t2"},
+			"Nats-Msg-Id": {"producer-" + string(rune('a'+i))},
+		}
+		f.publishRequest(t, p, h)
+	}
+	msgs := fetch(t, f.q, 3)
+	if len(msgs) != 3 {
+		t.Fatalf("fetched %d", len(msgs))
+	}
+	dl := worker.DeadLetter{Code: worker.CodeNotFound, Detail: "Graph said:\r\nno such\tassignment", Attempts: 3}
+	for _, m := range msgs {
+		if err := f.q.DeadLetter(ctx, m.Delivery(), dl); err != nil {
+			t.Fatalf("dead-letter: %v", err)
+		}
+	}
+	// Dead-lettering a redelivery again stores nothing new.
+	if err := f.q.DeadLetter(ctx, msgs[0].Delivery(), dl); err != nil {
+		t.Fatalf("dead-letter again: %v", err)
+	}
+	ack(t, msgs...)
+	if n := f.streamMsgs(t, DefaultDLQStream); n != 3 {
+		t.Fatalf("dlq holds %d messages, want 3", n)
+	}
+
+	s, err := f.js.Stream(ctx, DefaultDLQStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range msgs {
+		d := m.Delivery()
+		raw, err := s.GetMsg(ctx, uint64(i+1))
+		if err != nil {
+			t.Fatalf("get dead letter %d: %v", i, err)
+		}
+		if !bytes.Equal(raw.Data, payloads[i]) {
+			t.Errorf("dead letter %d: data differs (%d bytes, want %d)", i, len(raw.Data), len(payloads[i]))
+		}
+		want := map[string]string{
+			HeaderError:           "not_found",
+			HeaderErrorDetail:     "Graph said:  no such assignment",
+			HeaderOriginalSubject: "entitlement.reprocess.requests",
+			HeaderStreamSequence:  itoa(d.StreamSeq),
+			HeaderAttempts:        "3",
+			HeaderOriginalMsgID:   "producer-" + string(rune('a'+i)),
+			HeaderMsgID:           "REPROCESS_REQUESTS-" + itoa(d.StreamSeq) + "-dlq",
+		}
+		for k, v := range want {
+			if got := raw.Header.Get(k); got != v {
+				t.Errorf("dead letter %d: %s = %q, want %q", i, k, got, v)
+			}
+		}
+		if got := raw.Header.Values("X-Trace"); len(got) != 2 || got[0] != "t1" || got[1] != "t2" {
+			t.Errorf("dead letter %d: X-Trace %q", i, got)
+		}
+	}
+}
+
+func TestDeadLetterHeader(t *testing.T) {
+	t.Parallel()
+	d := worker.Delivery{
+		Subject:   "p.requests",
+		Stream:    "S",
+		StreamSeq: 9,
+		Header: map[string][]string{
+			"Nats-Expected-Stream": {"S"},
+			"Nats-Rollup":          {"all"},
+			"nats-ttl":             {"1s"},
+			"Reprocess-Error":      {"old"},
+			"Custom":               {"kept"},
+		},
+	}
+	h := deadLetterHeader(d, worker.DeadLetter{Code: "api_error", Detail: strings.Repeat("é", 2000)}, "S-9-dlq")
+	for k := range h {
+		if isNatsHeader(k) && k != HeaderMsgID {
+			t.Errorf("control header %s copied as such", k)
+		}
+	}
+	if h.Get("Reprocess-Original-Expected-Stream") != "S" || h.Get("Reprocess-Original-Rollup") != "all" ||
+		h.Get("Reprocess-Original-ttl") != "1s" || h.Get("Custom") != "kept" || h.Get(HeaderError) != "api_error" {
+		t.Errorf("headers %v", h)
+	}
+	if detail := h.Get(HeaderErrorDetail); len(detail) > maxDetailBytes || !strings.HasSuffix(detail, "é...") {
+		t.Errorf("long detail not cut on a rune boundary: %d bytes, ends %q", len(detail), detail[len(detail)-8:])
+	}
+}
+
+func TestDeadLetterNeedsSequence(t *testing.T) {
+	t.Parallel()
+	q := &Queue{}
+	if err := q.DeadLetter(t.Context(), worker.Delivery{Data: []byte("x")}, worker.DeadLetter{}); err == nil {
+		t.Error("dead-letter without stream and sequence: no error")
+	}
+}
+
+func TestSanitizeHeaderValue(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ in, want string }{
+		{"plain", "plain"},
+		{"a\r\nb", "a  b"},
+		{"\ttab\x00nul\x7f", "tab nul"},
+		{"bad\xffutf8", "bad\uFFFDutf8"},
+		{"", ""},
+	}
+	for _, tt := range tests {
+		if got := sanitizeHeaderValue(tt.in); got != tt.want {
+			t.Errorf("sanitizeHeaderValue(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
