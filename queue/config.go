@@ -78,10 +78,23 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// validate reports the first invalid field of a defaulted config, by name.
+// ErrInvalidConfig is wrapped by every error Setup returns for a bad Config: retrying
+// cannot help.
+var ErrInvalidConfig = errors.New("invalid queue config")
+
+// validate reports the first invalid field of a defaulted config, by name, wrapping
+// ErrInvalidConfig.
 func (c Config) validate() error {
+	if field, err := c.check(); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrInvalidConfig, field, err)
+	}
+	return nil
+}
+
+// check returns the first invalid field of a defaulted config and what is wrong with it.
+func (c Config) check() (field string, err error) {
 	if err := validSubject(c.Prefix); err != nil {
-		return fmt.Errorf("queue config: Prefix %q: %w", c.Prefix, err)
+		return "Prefix", fmt.Errorf("%q: %w", c.Prefix, err)
 	}
 	for _, n := range []struct{ field, value string }{
 		{"RequestsStream", c.RequestsStream},
@@ -90,33 +103,33 @@ func (c Config) validate() error {
 		{"Durable", c.Durable},
 	} {
 		if err := validName(n.value); err != nil {
-			return fmt.Errorf("queue config: %s %q: %w", n.field, n.value, err)
+			return n.field, fmt.Errorf("%q: %w", n.value, err)
 		}
 	}
 	if c.RequestsStream == c.EventsStream || c.RequestsStream == c.DLQStream || c.EventsStream == c.DLQStream {
-		return errors.New("queue config: RequestsStream, EventsStream and DLQStream must differ")
+		return "RequestsStream, EventsStream, DLQStream", errors.New("the three streams must differ")
 	}
 	switch {
 	case c.EventsMaxAge < 0:
-		return errors.New("queue config: EventsMaxAge must not be negative")
+		return "EventsMaxAge", errors.New("must not be negative")
 	case c.DLQMaxAge < 0:
-		return errors.New("queue config: DLQMaxAge must not be negative")
+		return "DLQMaxAge", errors.New("must not be negative")
 	case c.Replicas < 1 || c.Replicas > 5:
-		return fmt.Errorf("queue config: Replicas %d: must be 1 to 5", c.Replicas)
+		return "Replicas", fmt.Errorf("%d: must be 1 to 5", c.Replicas)
 	case c.AckWait < time.Second:
-		return fmt.Errorf("queue config: AckWait %s: must be at least 1s", c.AckWait)
+		return "AckWait", fmt.Errorf("%s: must be at least 1s", c.AckWait)
 	case c.MaxAckPending < 1:
-		return fmt.Errorf("queue config: MaxAckPending %d: must be positive", c.MaxAckPending)
+		return "MaxAckPending", fmt.Errorf("%d: must be positive", c.MaxAckPending)
 	case c.FetchMaxWait < 100*time.Millisecond:
-		return fmt.Errorf("queue config: FetchMaxWait %s: must be at least 100ms", c.FetchMaxWait)
+		return "FetchMaxWait", fmt.Errorf("%s: must be at least 100ms", c.FetchMaxWait)
 	case c.DuplicateWindow < 0:
-		return errors.New("queue config: DuplicateWindow must not be negative")
+		return "DuplicateWindow", errors.New("must not be negative")
 	case c.DuplicateWindow > c.EventsMaxAge:
-		return fmt.Errorf("queue config: DuplicateWindow %s exceeds EventsMaxAge %s", c.DuplicateWindow, c.EventsMaxAge)
+		return "DuplicateWindow", fmt.Errorf("%s exceeds EventsMaxAge %s", c.DuplicateWindow, c.EventsMaxAge)
 	case c.DuplicateWindow > c.DLQMaxAge:
-		return fmt.Errorf("queue config: DuplicateWindow %s exceeds DLQMaxAge %s", c.DuplicateWindow, c.DLQMaxAge)
+		return "DuplicateWindow", fmt.Errorf("%s exceeds DLQMaxAge %s", c.DuplicateWindow, c.DLQMaxAge)
 	}
-	return nil
+	return "", nil
 }
 
 // Subjects returns the requests subject, the events subject prefix (an event of kind k

@@ -108,7 +108,7 @@ func (l *serverLogger) log(level slog.Level, format string, v []any) {
 	if !l.logger.Enabled(ctx, level) {
 		return
 	}
-	l.logger.Log(ctx, level, fmt.Sprintf(format, v...), "component", "nats-server")
+	l.logger.Log(ctx, level, fmt.Sprintf(format, v...))
 }
 
 // Noticef logs a notice at debug level: the server's start-up chatter.
