@@ -16,17 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
-
-// env is a fake environment.
-type env map[string]string
-
-func (e env) get(name string) string { return e[name] }
 
 // readEnvFile reads a testdata file of VAR=value lines; "# want: " lines give the exact
 // lines of the expected error, in order; other "#" lines are comments.

@@ -1,0 +1,359 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/reprocessor/reprocessor/graph/graphtest"
+	"github.com/reprocessor/reprocessor/queue"
+	"github.com/reprocessor/reprocessor/worker"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		// This test binary is standing in for the reprocessor binary (see startChild).
+		main()
+		return
+	}
+	goleak.VerifyTestMain(m,
+		// The HTTP/2 client transport keeps a read loop per idle connection until it closes.
+		goleak.IgnoreTopFunction("net/http.(*http2ClientConn).readLoop"),
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+	)
+}
+
+// childEnv makes the test binary run main(): process-level tests start it as the worker.
+const childEnv = "REPROCESSOR_TEST_CHILD"
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// env is a fake environment.
+type env map[string]string
+
+func (e env) get(name string) string { return e[name] }
+
+// system is a NATS server, the simulated Graph and a client to both: what a worker under
+// test runs against.
+type system struct {
+	t    *testing.T
+	gt   *graphtest.Server
+	nats *queue.Embedded
+	dir  string
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	env  env
+}
+
+func newSystem(t *testing.T, opts graphtest.Options) *system {
+	t.Helper()
+	gt, err := graphtest.Start(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gt.Close)
+	dir := t.TempDir()
+	ns, err := queue.StartEmbedded(queue.EmbeddedConfig{Port: -1, DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := env{
+		"NATS_URL":                    ns.ClientURL(),
+		"REPROCESSOR_HTTP_ADDR":       "127.0.0.1:0",
+		"REPROCESSOR_RATE":            "0",
+		"REPROCESSOR_INSTANCE":        "test",
+		"REPROCESSOR_BACKOFF_INITIAL": "10ms",
+		"REPROCESSOR_BACKOFF_MAX":     "100ms",
+		"REPROCESSOR_LOG_LEVEL":       "debug",
+	}
+	for k, v := range gt.Env("") {
+		e[k] = v
+	}
+	return &system{t: t, gt: gt, nats: ns, dir: dir, nc: nc, js: js, env: e}
+}
+
+// worker is a worker run in this process.
+type runningWorker struct {
+	t      *testing.T
+	cancel context.CancelFunc
+	done   chan error
+	http   string
+	logs   *syncBuffer
+}
+
+// startWorker runs a worker in this process against sys with env changed by overrides.
+func (s *system) startWorker(overrides env) *runningWorker {
+	s.t.Helper()
+	e := env{}
+	for k, v := range s.env {
+		e[k] = v
+	}
+	for k, v := range overrides {
+		e[k] = v
+	}
+	cfg, _, err := LoadConfig(nil, e.get)
+	if err != nil {
+		s.t.Fatalf("config: %v", err)
+	}
+	logs := &syncBuffer{}
+	log, err := NewLogger(io.MultiWriter(logs, testWriter{s.t}), cfg.LogLevel, cfg.LogFormat, cfg.Secrets())
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &runningWorker{t: s.t, cancel: cancel, done: make(chan error, 1), logs: logs}
+	up := make(chan started, 1)
+	go func() {
+		w.done <- runWorker(ctx, cfg, log, e.get, runOptions{graphHTTP: s.gt.Client(), started: func(st started) { up <- st }})
+	}()
+	select {
+	case st := <-up:
+		w.http = st.HTTPAddr
+	case err := <-w.done:
+		s.t.Fatalf("worker did not start: %v", err)
+	case <-time.After(20 * time.Second):
+		s.t.Fatal("worker did not start within 20s")
+	}
+	s.t.Cleanup(func() { w.stop() })
+	return w
+}
+
+// stop stops the worker and returns what runWorker returned.
+func (w *runningWorker) stop() error {
+	w.cancel()
+	select {
+	case err, ok := <-w.done:
+		if ok {
+			close(w.done)
+		}
+		return err
+	case <-time.After(60 * time.Second):
+		w.t.Fatal("worker did not stop within 60s")
+		return nil
+	}
+}
+
+// get fetches a path from the worker's HTTP listener.
+func (w *runningWorker) get(path string) (int, string) {
+	return httpGet(w.t, "http://"+w.http+path)
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// testWriter sends log lines to t.Log when -v is given.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	if testing.Verbose() {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+// publish publishes request payloads with JetStream.
+func (s *system) publish(payloads ...[]byte) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	futures := make([]jetstream.PubAckFuture, 0, len(payloads))
+	for _, p := range payloads {
+		f, err := s.js.PublishMsgAsync(&nats.Msg{Subject: "entitlement.reprocess.requests", Data: p})
+		if err != nil {
+			s.t.Fatalf("publish: %v", err)
+		}
+		futures = append(futures, f)
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			s.t.Fatalf("publish: %v", err)
+		case <-ctx.Done():
+			s.t.Fatal("publish: no ack")
+		}
+	}
+}
+
+// ensureStreams creates the streams as the worker would, so that requests can be published
+// before a worker runs.
+func (s *system) ensureStreams() {
+	s.t.Helper()
+	if _, err := queue.Setup(context.Background(), s.js, queue.Config{}, nil); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// events returns every event in the events stream, in order, waiting until there are at
+// least n of them.
+func (s *system) events(n int) []worker.Event {
+	s.t.Helper()
+	var evs []worker.Event
+	s.waitFor(fmt.Sprintf("%d events", n), 60*time.Second, func() bool {
+		evs = s.readEvents()
+		return len(evs) >= n
+	})
+	return evs
+}
+
+func (s *system) readEvents() []worker.Event {
+	s.t.Helper()
+	msgs := s.streamMessages("REPROCESS_EVENTS")
+	evs := make([]worker.Event, 0, len(msgs))
+	for _, m := range msgs {
+		var e worker.Event
+		if err := json.Unmarshal(m.Data(), &e); err != nil {
+			s.t.Fatalf("event %q: %v", m.Data(), err)
+		}
+		if m.Subject() != "entitlement.reprocess.events."+e.Kind() {
+			s.t.Fatalf("event of kind %s on subject %s", e.Kind(), m.Subject())
+		}
+		if m.Headers().Get("Nats-Msg-Id") != e.ID {
+			s.t.Fatalf("event %s published with Nats-Msg-Id %q", e.ID, m.Headers().Get("Nats-Msg-Id"))
+		}
+		evs = append(evs, e)
+	}
+	return evs
+}
+
+// streamMessages reads every message stored in a stream.
+func (s *system) streamMessages(stream string) []jetstream.Msg {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := s.js.Stream(ctx, stream)
+	if err != nil {
+		s.t.Fatalf("stream %s: %v", stream, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	c, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var out []jetstream.Msg
+	for uint64(len(out)) < info.State.Msgs {
+		batch, err := c.Fetch(int(min(info.State.Msgs-uint64(len(out)), 1000)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			out = append(out, m)
+			n++
+		}
+		if n == 0 {
+			break
+		}
+	}
+	return out
+}
+
+// pending returns the consumer's undelivered and unacknowledged counts.
+func (s *system) pending() (uint64, uint64) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := s.js.Consumer(ctx, "REPROCESS_REQUESTS", "reprocessor")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return info.NumPending, uint64(info.NumAckPending)
+}
+
+func (s *system) waitFor(what string, timeout time.Duration, cond func() bool) {
+	s.t.Helper()
+	waitUntil(s.t, what, timeout, cond)
+}
+
+func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// kinds counts events per kind.
+func kinds(evs []worker.Event) map[string]int {
+	k := map[string]int{}
+	for _, e := range evs {
+		k[e.Kind()]++
+	}
+	return k
+}
+
+// ids returns n distinct assignment ids.
+func ids(n int, salt int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%08x-0000-4000-8000-%012x", salt, i)
+	}
+	return out
+}
+
+func payloads(ids []string) [][]byte {
+	out := make([][]byte, len(ids))
+	for i, id := range ids {
+		out[i] = []byte(id)
+	}
+	return out
+}
