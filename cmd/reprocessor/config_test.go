@@ -15,9 +15,7 @@ import (
 	"strings"
 	"testing"
 	"time"
-
 )
-
 
 // readEnvFile reads a testdata file of VAR=value lines; "# want: " lines give the exact
 // lines of the expected error, in order; other "#" lines are comments.

@@ -377,4 +377,3 @@ func TestMetricsAgreeWithEvents(t *testing.T) {
 		t.Logf("events %v\n%s", k, body)
 	}
 }
-
