@@ -194,7 +194,7 @@ func setupQueue(ctx context.Context, js jetstream.JetStream, qc queue.Config, lo
 		if err == nil {
 			return q, nil
 		}
-		if errors.Is(err, queue.ErrNotProvisioned) {
+		if errors.Is(err, queue.ErrNotProvisioned) || errors.Is(err, queue.ErrInvalidConfig) {
 			return nil, err
 		}
 		log.Warn("cannot set up the JetStream streams yet; retrying", "err", err, "in", delay)
