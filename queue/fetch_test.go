@@ -237,4 +237,9 @@ func TestFetchWhileDisconnected(t *testing.T) {
 	if !errors.Is(err, ErrNotConnected) {
 		t.Fatalf("fetch while disconnected: %v, want ErrNotConnected", err)
 	}
+	nc.Close()
+	err = q.Fetch(ctx, 1, func(worker.Message) {})
+	if !errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, ErrNotConnected) {
+		t.Fatalf("fetch on a closed connection: %v, want nats.ErrConnectionClosed", err)
+	}
 }
