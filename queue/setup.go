@@ -33,12 +33,15 @@ type Queue struct {
 // Setup creates or updates the requests, events and dead-letter streams and the durable
 // pull consumer, then binds to the consumer. It is idempotent: fields it manages are
 // compared with what the server holds and only a difference is written, and fields it does
-// not manage (limits an operator set, placement, metadata) are kept. With cfg.NoCreate it
+// not manage (limits an operator set, placement, metadata) are kept. A nil logger discards. With cfg.NoCreate it
 // only binds, and fails with ErrNotProvisioned naming whatever is missing.
 func Setup(ctx context.Context, js jetstream.JetStream, cfg Config, logger *slog.Logger) (*Queue, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
 	}
 	q := &Queue{cfg: cfg, js: js, nc: js.Conn(), logger: logger}
 	q.requestsSubject, q.eventsPrefix, q.dlqSubject = cfg.Subjects()

@@ -64,7 +64,7 @@ func (e env) get(name string) string { return e[name] }
 // system is a NATS server, the simulated Graph and a client to both: what a worker under
 // test runs against.
 type system struct {
-	t    *testing.T
+	t    testing.TB
 	gt   *graphtest.Server
 	nats *queue.Embedded
 	dir  string
@@ -73,7 +73,9 @@ type system struct {
 	env  env
 }
 
-func newSystem(t *testing.T, opts graphtest.Options) *system {
+func newSystem(t *testing.T, opts graphtest.Options) *system { return newSystemTB(t, opts) }
+
+func newSystemTB(t testing.TB, opts graphtest.Options) *system {
 	t.Helper()
 	gt, err := graphtest.Start(opts)
 	if err != nil {
@@ -112,7 +114,7 @@ func newSystem(t *testing.T, opts graphtest.Options) *system {
 
 // worker is a worker run in this process.
 type runningWorker struct {
-	t      *testing.T
+	t      testing.TB
 	cancel context.CancelFunc
 	done   chan error
 	http   string
@@ -176,7 +178,7 @@ func (w *runningWorker) get(path string) (int, string) {
 	return httpGet(w.t, "http://"+w.http+path)
 }
 
-func httpGet(t *testing.T, url string) (int, string) {
+func httpGet(t testing.TB, url string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
@@ -188,7 +190,7 @@ func httpGet(t *testing.T, url string) (int, string) {
 }
 
 // testWriter sends log lines to t.Log when -v is given.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	if testing.Verbose() {
@@ -321,7 +323,7 @@ func (s *system) waitFor(what string, timeout time.Duration, cond func() bool) {
 	waitUntil(s.t, what, timeout, cond)
 }
 
-func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+func waitUntil(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
