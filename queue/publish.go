@@ -24,6 +24,7 @@ const (
 	HeaderAttempts         = "Reprocess-Attempts"           // Graph calls made for the request
 	HeaderOriginalMsgID    = "Reprocess-Original-Msg-Id"    // the request's Nats-Msg-Id, if it had one
 	HeaderOriginalPrefix   = "Reprocess-Original-"          // prefixes every Nats-* header of the request, "Nats-" cut off
+	HeaderTruncated        = "Reprocess-Truncated"          // set only when the data had to be cut to fit: its original length
 	HeaderMsgID            = "Nats-Msg-Id"                  // JetStream's dedupe header
 	headerNatsPrefix       = "Nats-"                        // JetStream control headers
 	headerContentType      = "Content-Type"                 // set on events
@@ -73,6 +74,15 @@ func (q *Queue) DeadLetter(ctx context.Context, d worker.Delivery, dl worker.Dea
 	msgID := d.Stream + "-" + strconv.FormatUint(d.StreamSeq, 10) + "-dlq"
 	m := &nats.Msg{Subject: q.dlqSubject, Data: d.Data, Header: deadLetterHeader(d, dl, msgID)}
 	ack, err := q.js.PublishMsg(ctx, m)
+	if errors.Is(err, nats.ErrMaxPayload) {
+		// The request was near the server's payload limit and the added headers pushed the
+		// copy over it: keep as much of the data as fits and say how long it was, rather
+		// than failing to dead-letter it at all.
+		m.Header.Set(HeaderTruncated, strconv.Itoa(len(d.Data)))
+		room := int(q.nc.MaxPayload()) - headerSize(m.Header) - 1024
+		m.Data = d.Data[:max(0, min(room, len(d.Data)))]
+		ack, err = q.js.PublishMsg(ctx, m)
+	}
 	if err != nil {
 		return fmt.Errorf("dead-letter %s: %w", msgID, err)
 	}
@@ -80,6 +90,17 @@ func (q *Queue) DeadLetter(ctx context.Context, d worker.Delivery, dl worker.Dea
 		q.logger.Debug("dead letter already stored", "msg_id", msgID)
 	}
 	return nil
+}
+
+// headerSize estimates the encoded size of h.
+func headerSize(h nats.Header) int {
+	n := len("NATS/1.0\r\n\r\n")
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
 }
 
 // deadLetterHeader builds the dead letter's headers from the request's.

@@ -211,3 +211,34 @@ func TestSanitizeHeaderValue(t *testing.T) {
 }
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// TestDeadLetterNearPayloadLimit: a request that fits the server's payload limit only
+// without the dead-letter headers is still dead-lettered, cut to fit and marked so.
+func TestDeadLetterNearPayloadLimit(t *testing.T) {
+	t.Parallel()
+	f := setup(t, Config{FetchMaxWait: 300 * time.Millisecond})
+	ctx := testContext(t)
+	limit := int(f.js.Conn().MaxPayload())
+	big := bytes.Repeat([]byte("x"), limit-64)
+	f.publishRequest(t, big, nil)
+	msgs := fetch(t, f.q, 1)
+	long := worker.DeadLetter{Code: worker.CodePayloadTooLarge, Detail: strings.Repeat("detail ", 100), Attempts: 0}
+	if err := f.q.DeadLetter(ctx, msgs[0].Delivery(), long); err != nil {
+		t.Fatalf("dead-letter: %v", err)
+	}
+	ack(t, msgs...)
+	s, err := f.js.Stream(ctx, DefaultDLQStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := s.GetMsg(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := raw.Header.Get(HeaderTruncated); got != itoa(uint64(len(big))) {
+		t.Fatalf("%s = %q, want %d", HeaderTruncated, got, len(big))
+	}
+	if len(raw.Data) == 0 || len(raw.Data) >= len(big) || !bytes.Equal(raw.Data, big[:len(raw.Data)]) {
+		t.Fatalf("dead letter holds %d bytes, want a prefix of the %d-byte request", len(raw.Data), len(big))
+	}
+}

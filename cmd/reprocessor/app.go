@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -163,7 +164,35 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 		opts.started(started{NATSURL: natsURL, HTTPAddr: httpAddr})
 	}
 	log.Info("worker running", "requests", q.Config().Prefix+".requests", "concurrency", cfg.Concurrency, "rate", cfg.Rate, "http", httpAddr)
-	return w.Run(ctx)
+
+	// nats.go reconnects forever but gives up for good on some errors (an authorization
+	// violation twice in a row): then stop, and say why, so that a supervisor restarts us.
+	runCtx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-runCtx.Done():
+				return
+			case <-t.C:
+				if nc.IsClosed() {
+					stopRun(fmt.Errorf("the NATS connection was closed: %w", cmp.Or(nc.LastError(), errors.New("no error given"))))
+					return
+				}
+			}
+		}
+	}()
+	err = w.Run(runCtx)
+	stopRun(nil)
+	<-watchDone
+	if cause := context.Cause(runCtx); ctx.Err() == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return err
 }
 
 func startEmbedded(cfg Config, log *slog.Logger) (*queue.Embedded, error) {
