@@ -9,23 +9,28 @@ import (
 	"github.com/reprocessor/reprocessor/metrics"
 )
 
-// version is set at build time: go build -ldflags "-X main.version=v1.2.3".
-var version = "dev"
+// version and revision are set at build time:
+// go build -ldflags "-X main.version=v1.2.3 -X main.revision=<commit>". An empty revision is
+// read from the VCS stamp that go build records in a checkout (deploy/Dockerfile has no .git).
+var (
+	version  = "dev"
+	revision = ""
+)
 
 // buildInfo returns the version, the VCS revision the binary was built from, and Go's version.
 func buildInfo() metrics.BuildInfo {
-	v, revision := version, ""
+	v, rev := version, revision
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				revision = s.Value
+			if s.Key == "vcs.revision" && rev == "" {
+				rev = s.Value
 			}
 		}
 		if v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 			v = bi.Main.Version
 		}
 	}
-	return metrics.BuildInfo{Version: v, Revision: cmp.Or(revision, "unknown"), GoVersion: runtime.Version()}
+	return metrics.BuildInfo{Version: v, Revision: cmp.Or(rev, "unknown"), GoVersion: runtime.Version()}
 }
 
 func versionLine() string {
