@@ -214,10 +214,14 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, c *Call) int {
 		return s.graphError(w, r, status, code, msg, c.RequestID)
 	}
 	a, ok := s.Assignment(c.AssignmentID)
+	if state, status, exists, applies := s.lifecycleState(c.AssignmentID, time.Now()); ok && applies {
+		a.State, a.Status, ok = state, status, exists
+	}
 	if !ok {
 		return s.graphError(w, r, http.StatusNotFound, "ResourceNotFound", "The assignment '"+c.AssignmentID+"' was not found.", c.RequestID)
 	}
 	if c.Operation == OpReprocess {
+		s.reprocessed(c.AssignmentID, time.Now())
 		w.WriteHeader(http.StatusAccepted)
 		return http.StatusAccepted
 	}

@@ -56,6 +56,9 @@ type Options struct {
 	StrictStore bool
 	// MaxRecordedCalls bounds the call record kept for Calls; default 100,000.
 	MaxRecordedCalls int
+	// Lifecycles, when set, give every id a lifecycle after a reprocess, chosen from the
+	// id's hash (see SetLifecycleMix).
+	Lifecycles []Lifecycle
 }
 
 // Realistic returns options for a demo: latency 50-300 ms, 2% unknown ids, an occasional
@@ -68,6 +71,12 @@ func Realistic() Options {
 		ThrottleRate:     0.01,
 		UnavailableRate:  0.005,
 		RandomRetryAfter: "1.5",
+		Lifecycles: []Lifecycle{
+			{Delivering: 2 * time.Second}, {Delivering: 3 * time.Second}, {Delivering: 4 * time.Second},
+			{Delivering: 2 * time.Second}, {Delivering: 3 * time.Second}, {Delivering: 5 * time.Second},
+			{Delivering: 3 * time.Second, Final: "partiallyDelivered"},
+			{Delivering: 4 * time.Second, Final: "deliveryFailed"},
+		},
 	}
 }
 
@@ -106,6 +115,8 @@ type Server struct {
 
 	answersMu sync.RWMutex
 	answers   map[string]int
+
+	life lifecycles
 
 	storeMu sync.RWMutex
 	store   map[string]*Assignment
@@ -157,6 +168,9 @@ func Start(opts Options) (*Server, error) {
 	s.SetLatency(opts.LatencyMin, opts.LatencyMax)
 	s.SetUnknownRate(opts.UnknownRate)
 	s.SetRandomFaults(opts.ThrottleRate, opts.UnavailableRate, opts.RandomRetryAfter)
+	if len(opts.Lifecycles) > 0 {
+		s.SetLifecycleMix(opts.Lifecycles...)
+	}
 
 	s.ts = httptest.NewUnstartedServer(http.HandlerFunc(s.serveHTTP))
 	_ = s.ts.Listener.Close()
