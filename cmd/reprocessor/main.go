@@ -37,6 +37,9 @@ Usage:
   reprocessor run [flags]           run the worker
   reprocessor demo [flags]          run everything on this machine: embedded NATS, a
                                     simulated Graph, the worker and sample ids
+  reprocessor enqueue [flags] IDS   publish ids (arguments, --file, stdin, --from-graph)
+                                    with progress, --wait for outcomes and a --report
+  reprocessor dlq list|replay       list dead letters, or replay them to the requests
   reprocessor fake-graph [flags]    serve the simulated Graph alone
   reprocessor check-config [flags]  validate the configuration and print it
   reprocessor version               print the version
@@ -58,6 +61,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return cmdRun(ctx, rest, getenv, stdout, stderr)
 	case "demo":
 		return cmdDemo(ctx, rest, getenv, stdout, stderr)
+	case "enqueue":
+		return cmdEnqueue(ctx, rest, getenv, stdout, stderr)
+	case "dlq":
+		return cmdDLQ(ctx, rest, getenv, stdout, stderr)
 	case "fake-graph":
 		return cmdFakeGraph(ctx, rest, getenv, stdout, stderr)
 	case "check-config":
@@ -70,7 +77,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		_ = WriteConfigUsage(stdout)
 		return exitOK
 	}
-	fmt.Fprintf(stderr, "reprocessor: unknown command %q (commands: run, demo, fake-graph, check-config, version, help)\n", cmd)
+	fmt.Fprintf(stderr, "reprocessor: unknown command %q (commands: run, demo, enqueue, dlq, fake-graph, check-config, version, help)\n", cmd)
 	return exitUsage
 }
 
