@@ -141,30 +141,39 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 	if err != nil {
 		return fmt.Errorf("consumer on %s: %w", stream, err)
 	}
-	if info.NumPending == 0 {
-		return nil
-	}
-	for {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
+	remaining := info.NumPending
+	for remaining > 0 {
+		// Ask for exactly what is left, so that no fetch outlives this function.
+		batch, err := cons.Fetch(int(min(remaining, 500)), jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
 			return fmt.Errorf("fetch from %s: %w", stream, err)
 		}
 		n := 0
+		var stop error
 		for m := range batch.Messages() {
+			if stop != nil {
+				continue // let the fetch finish
+			}
 			n++
 			md, err := m.Metadata()
 			if err != nil {
-				return fmt.Errorf("message of %s: %w", stream, err)
+				stop = fmt.Errorf("message of %s: %w", stream, err)
+				continue
 			}
+			remaining = md.NumPending
 			if err := fn(m, md); err != nil {
-				if errors.Is(err, errStopRead) {
-					return nil
-				}
-				return err
+				stop = err
+				continue
 			}
-			if md.NumPending == 0 {
+			if remaining == 0 {
+				stop = errStopRead
+			}
+		}
+		if stop != nil {
+			if errors.Is(stop, errStopRead) {
 				return nil
 			}
+			return stop
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 			return fmt.Errorf("fetch from %s: %w", stream, err)
@@ -176,6 +185,7 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 			return nil // nothing more within the wait: what was there has been read
 		}
 	}
+	return nil
 }
 
 // runRecord appends acknowledged ids to a run's record in batches. It is used by one
