@@ -407,3 +407,98 @@ func TestEnqueueSIGINT(t *testing.T) {
 		}
 	}
 }
+
+// writeIDFile writes n distinct ids, one a line.
+func writeIDFile(tb testing.TB, n, salt int) string {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "ids.txt")
+	fh, err := os.Create(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for i := range n {
+		fmt.Fprintf(fh, "%08x-0000-4000-8000-%012x\n", salt, i)
+	}
+	if err := fh.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	return path
+}
+
+// BenchmarkEnqueue100k publishes 100,000 ids from a file into a loopback NATS server and
+// reports ids/s. Run it with
+//
+//	go test -run '^$' -bench 'Enqueue' -benchtime 1x ./cmd/reprocessor
+func BenchmarkEnqueue100k(b *testing.B) {
+	sys := newBenchSystem(b)
+	sys.ensureStreams()
+	const n = 100_000
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		path := writeIDFile(b, n, 5000+i)
+		e := env{}
+		for k, v := range sys.env {
+			e[k] = v
+		}
+		e["REPROCESSOR_LOG_LEVEL"] = "error"
+		var out, errOut syncBuffer
+		start := time.Now()
+		code := enqueueMain(context.Background(), []string{"--file", path, "--run-id", fmt.Sprintf("bench-%d", i)}, e.get,
+			enqueueIO{stdout: &out, stderr: &errOut, progress: time.Hour})
+		total += time.Since(start)
+		if code != exitOK {
+			b.Fatalf("exit %d\n%s\n%s", code, out.String(), errOut.String())
+		}
+	}
+	b.ReportMetric(float64(n*b.N)/total.Seconds(), "ids/s")
+}
+
+// BenchmarkEnqueueMemory1M runs enqueue as its own process on a file of 1,000,000 ids and
+// reports its peak resident memory (VmHWM).
+func BenchmarkEnqueueMemory1M(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		sys := newBenchSystem(b)
+		sys.ensureStreams()
+		path := writeIDFile(b, 1_000_000, 6000+i)
+		cmd := exec.Command(os.Args[0], "enqueue", "--file", path, "--run-id", "mem")
+		cmd.Env = append(os.Environ(), childEnv+"=1", "NATS_URL="+sys.nats.ClientURL(), "REPROCESSOR_LOG_LEVEL=error")
+		var out syncBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		// Sample VmHWM until the process ends: it holds the peak.
+		hwm := 0
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		for running := true; running; {
+			select {
+			case err := <-done:
+				if err != nil {
+					b.Fatalf("enqueue: %v\n%s", err, out.String())
+				}
+				running = false
+			case <-time.After(50 * time.Millisecond):
+				if kb, ok := readHWM(cmd.Process.Pid); ok {
+					hwm = max(hwm, kb)
+				}
+			}
+		}
+		b.ReportMetric(float64(hwm)/1024, "peak-RSS-MiB")
+	}
+}
+
+// readHWM reads a running process's VmHWM in KiB.
+func readHWM(pid int) (int, bool) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, err := strconv.Atoi(f[1])
+			return kb, err == nil
+		}
+	}
+	return 0, false
+}
