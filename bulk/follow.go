@@ -103,8 +103,10 @@ func (t *Tracker) Observe(e *worker.Event) {
 		if r.StateAt.IsZero() {
 			r.StateAt = e.Time
 		}
-		if e.Data.Settled != nil && r.Outcome == worker.KindAccepted && !r.SettledKnown {
-			r.Settled, r.SettledKnown = *e.Data.Settled, true
+		// The history of a request ends with an event marked final: settled, or given up
+		// at the tracking deadline (settled false). Earlier events are intermediate.
+		if (e.Data.Final || (e.Data.Settled != nil && *e.Data.Settled)) && r.Outcome == worker.KindAccepted && !r.SettledKnown {
+			r.Settled, r.SettledKnown = e.Data.Settled != nil && *e.Data.Settled, true
 			if t.waitSettled {
 				t.done()
 			}

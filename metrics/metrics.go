@@ -88,9 +88,7 @@ type Metrics struct {
 	queuePending    prometheus.Gauge
 	queueAckPending prometheus.Gauge
 
-	// reprocessor_assignment_state_changes_total{state} belongs here, as a
-	// *labelled[prometheus.Counter] over the assignment states, when state tracking
-	// (DESIGN section 5) lands.
+	stateChanges *labelled[prometheus.Counter]
 }
 
 var _ worker.Observer = (*Metrics)(nil)
@@ -196,6 +194,11 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		Name:      "queue_ack_pending_messages",
 		Help:      "Request messages delivered to the consumer and not yet acknowledged (num_ack_pending).",
 	})
+	stateChanges := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace,
+		Name:      "assignment_state_changes_total",
+		Help:      "Observed changes of an assignment's state, by the new state (other: a state Graph added since).",
+	}, []string{"state"})
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace,
 		Name:      "build_info",
@@ -206,7 +209,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		received, queueWait, completed, processing, deadLettered, retries,
 		throttled, throttleWait, rateLimitWait, inFlight,
 		eventsPublished, eventPublishFailures, circuitOpen, lastSuccess,
-		graphRequests, graphDuration, queuePending, queueAckPending, buildInfo,
+		graphRequests, graphDuration, queuePending, queueAckPending, stateChanges, buildInfo,
 	)
 
 	buildInfo.WithLabelValues(
@@ -235,6 +238,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		lastSuccess:          lastSuccess,
 		graphRequests:        graphRequests,
 		graphDuration:        newLabelled(graphDuration.WithLabelValues, GraphOperations),
+		stateChanges:         newLabelled(stateChanges.WithLabelValues, worker.KnownStates),
 		queuePending:         queuePending,
 		queueAckPending:      queueAckPending,
 	}
@@ -302,6 +306,9 @@ func (m *Metrics) EventPublishFailed() { m.eventPublishFailures.Inc() }
 
 // CircuitOpen records whether the 403 circuit is open.
 func (m *Metrics) CircuitOpen(open bool) { m.circuitOpen.Set(flag(open)) }
+
+// StateChanged counts an observed change of an assignment's state to state.
+func (m *Metrics) StateChanged(state string) { m.stateChanges.get(state).Inc() }
 
 // LastSuccess records the time of the last request accepted by Graph; the zero time
 // records 0, "never".

@@ -48,6 +48,8 @@ func exerciseAll(m *Metrics) {
 	}
 	m.EventPublishFailed()
 	m.CircuitOpen(true)
+	m.StateChanged("delivered")
+	m.StateChanged("someNewState")
 	m.LastSuccess(time.Unix(1700000000, 0))
 	for _, op := range append(GraphOperations, "bogus") {
 		m.ObserveGraph(op, "202", 40*time.Millisecond)
@@ -81,6 +83,7 @@ func TestNewExportsEverySeries(t *testing.T) {
 		"reprocessor_circuit_open":                   1,
 		"reprocessor_last_success_timestamp_seconds": 1,
 		"reprocessor_build_info":                     1,
+		"reprocessor_assignment_state_changes_total": len(worker.KnownStates),
 		// Labelled by HTTP status, so no series until the first Graph call.
 		"reprocessor_graph_requests_total": 0,
 	}
@@ -455,5 +458,29 @@ reprocessor_retries_total{reason="unauthorized"} 200
 	}
 	if got := testutil.ToFloat64(m.inFlight); got != goroutines*rounds {
 		t.Errorf("in flight = %v, want %d", got, goroutines*rounds)
+	}
+}
+
+func TestStateChanged(t *testing.T) {
+	t.Parallel()
+	m, reg := setup(t)
+	m.StateChanged("delivered")
+	m.StateChanged("delivered")
+	m.StateChanged("deliveryFailed")
+	m.StateChanged("quantumEntangled") // a state Graph may add: counted as other, never a new series
+	want := `
+# HELP reprocessor_assignment_state_changes_total Observed changes of an assignment's state, by the new state (other: a state Graph added since).
+# TYPE reprocessor_assignment_state_changes_total counter
+reprocessor_assignment_state_changes_total{state="delivered"} 2
+reprocessor_assignment_state_changes_total{state="delivering"} 0
+reprocessor_assignment_state_changes_total{state="deliveryFailed"} 1
+reprocessor_assignment_state_changes_total{state="expired"} 0
+reprocessor_assignment_state_changes_total{state="notFound"} 0
+reprocessor_assignment_state_changes_total{state="other"} 1
+reprocessor_assignment_state_changes_total{state="partiallyDelivered"} 0
+reprocessor_assignment_state_changes_total{state="unknownFutureValue"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "reprocessor_assignment_state_changes_total"); err != nil {
+		t.Fatal(err)
 	}
 }

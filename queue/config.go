@@ -14,18 +14,23 @@ import (
 
 // Defaults applied by Config's zero values.
 const (
-	DefaultPrefix          = "entitlement.reprocess"
-	DefaultRequestsStream  = "REPROCESS_REQUESTS"
-	DefaultEventsStream    = "REPROCESS_EVENTS"
-	DefaultDLQStream       = "REPROCESS_DLQ"
-	DefaultDurable         = "reprocessor"
-	DefaultEventsMaxAge    = 7 * 24 * time.Hour
-	DefaultDLQMaxAge       = 30 * 24 * time.Hour
-	DefaultReplicas        = 1
-	DefaultAckWait         = 30 * time.Second
-	DefaultMaxAckPending   = 1000
-	DefaultFetchMaxWait    = 5 * time.Second
-	DefaultDuplicateWindow = 10 * time.Minute
+	DefaultPrefix         = "entitlement.reprocess"
+	DefaultRequestsStream = "REPROCESS_REQUESTS"
+	DefaultEventsStream   = "REPROCESS_EVENTS"
+	DefaultDLQStream      = "REPROCESS_DLQ"
+	DefaultDurable        = "reprocessor"
+	DefaultVerifyStream   = "REPROCESS_VERIFY"
+	DefaultVerifyDurable  = "reprocessor-verify"
+	// DefaultVerifyMaxAckPending is high because every assignment being tracked waits
+	// between checks as a message handed back with a delay, which counts as ack pending.
+	DefaultVerifyMaxAckPending = 100_000
+	DefaultEventsMaxAge        = 7 * 24 * time.Hour
+	DefaultDLQMaxAge           = 30 * 24 * time.Hour
+	DefaultReplicas            = 1
+	DefaultAckWait             = 30 * time.Second
+	DefaultMaxAckPending       = 1000
+	DefaultFetchMaxWait        = 5 * time.Second
+	DefaultDuplicateWindow     = 10 * time.Minute
 )
 
 // Config names the streams and the consumer and sets their limits. The zero value of each
@@ -38,9 +43,14 @@ type Config struct {
 	EventsStream   string
 	DLQStream      string
 	// Durable is the name of the durable pull consumer on the requests stream.
-	Durable      string
-	EventsMaxAge time.Duration
-	DLQMaxAge    time.Duration
+	Durable string
+	// VerifyStream is the work queue of state checks ("<prefix>.verify"), VerifyDurable
+	// its durable pull consumer, VerifyMaxAckPending that consumer's limit.
+	VerifyStream        string
+	VerifyDurable       string
+	VerifyMaxAckPending int
+	EventsMaxAge        time.Duration
+	DLQMaxAge           time.Duration
 	// Replicas is the replica count of the three streams (1 on a single server).
 	Replicas int
 	// AckWait is how long a delivered message may stay unacknowledged (without
@@ -68,6 +78,9 @@ func (c Config) withDefaults() Config {
 	c.EventsStream = cmp.Or(c.EventsStream, DefaultEventsStream)
 	c.DLQStream = cmp.Or(c.DLQStream, DefaultDLQStream)
 	c.Durable = cmp.Or(c.Durable, DefaultDurable)
+	c.VerifyStream = cmp.Or(c.VerifyStream, DefaultVerifyStream)
+	c.VerifyDurable = cmp.Or(c.VerifyDurable, DefaultVerifyDurable)
+	c.VerifyMaxAckPending = cmp.Or(c.VerifyMaxAckPending, DefaultVerifyMaxAckPending)
 	c.EventsMaxAge = cmp.Or(c.EventsMaxAge, DefaultEventsMaxAge)
 	c.DLQMaxAge = cmp.Or(c.DLQMaxAge, DefaultDLQMaxAge)
 	c.Replicas = cmp.Or(c.Replicas, DefaultReplicas)
@@ -101,13 +114,19 @@ func (c Config) check() (field string, err error) {
 		{"EventsStream", c.EventsStream},
 		{"DLQStream", c.DLQStream},
 		{"Durable", c.Durable},
+		{"VerifyStream", c.VerifyStream},
+		{"VerifyDurable", c.VerifyDurable},
 	} {
 		if err := validName(n.value); err != nil {
 			return n.field, fmt.Errorf("%q: %w", n.value, err)
 		}
 	}
-	if c.RequestsStream == c.EventsStream || c.RequestsStream == c.DLQStream || c.EventsStream == c.DLQStream {
-		return "RequestsStream, EventsStream, DLQStream", errors.New("the three streams must differ")
+	names := map[string]bool{c.RequestsStream: true, c.EventsStream: true, c.DLQStream: true, c.VerifyStream: true}
+	if len(names) != 4 {
+		return "RequestsStream, EventsStream, DLQStream, VerifyStream", errors.New("the four streams must differ")
+	}
+	if c.Durable == c.VerifyDurable {
+		return "VerifyDurable", errors.New("must differ from Durable")
 	}
 	switch {
 	case c.EventsMaxAge < 0:
@@ -118,6 +137,8 @@ func (c Config) check() (field string, err error) {
 		return "Replicas", fmt.Errorf("%d: must be 1 to 5", c.Replicas)
 	case c.AckWait < time.Second:
 		return "AckWait", fmt.Errorf("%s: must be at least 1s", c.AckWait)
+	case c.VerifyMaxAckPending < 1:
+		return "VerifyMaxAckPending", fmt.Errorf("%d: must be positive", c.VerifyMaxAckPending)
 	case c.MaxAckPending < 1:
 		return "MaxAckPending", fmt.Errorf("%d: must be positive", c.MaxAckPending)
 	case c.FetchMaxWait < 100*time.Millisecond:
@@ -174,3 +195,6 @@ func validName(s string) error {
 	}
 	return nil
 }
+
+// VerifySubject returns the subject of state checks, "<prefix>.verify".
+func (c Config) VerifySubject() string { return cmp.Or(c.Prefix, DefaultPrefix) + ".verify" }

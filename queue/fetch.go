@@ -28,6 +28,19 @@ var ErrNotConnected = errors.New("not connected to nats")
 // down, no responders, the consumer was deleted, missed heartbeats) are returned for the
 // caller to log and back off on.
 func (q *Queue) Fetch(ctx context.Context, max int, handle func(worker.Message)) error {
+	return q.fetch(ctx, q.consumer, q.cfg.Durable, max, handle)
+}
+
+// Checks returns the source of state checks: the verify consumer, fetched like requests.
+func (q *Queue) Checks() worker.Source { return checkSource{q} }
+
+type checkSource struct{ q *Queue }
+
+func (c checkSource) Fetch(ctx context.Context, max int, handle func(worker.Message)) error {
+	return c.q.fetch(ctx, c.q.checks, c.q.cfg.VerifyDurable, max, handle)
+}
+
+func (q *Queue) fetch(ctx context.Context, consumer jetstream.Consumer, durable string, max int, handle func(worker.Message)) error {
 	if max < 1 {
 		return fmt.Errorf("fetch: max %d: must be positive", max)
 	}
@@ -35,19 +48,19 @@ func (q *Queue) Fetch(ctx context.Context, max int, handle func(worker.Message))
 		return err
 	}
 	if q.nc.IsClosed() {
-		return fmt.Errorf("fetch from consumer %s: %w", q.cfg.Durable, nats.ErrConnectionClosed)
+		return fmt.Errorf("fetch from consumer %s: %w", durable, nats.ErrConnectionClosed)
 	}
 	if !q.nc.IsConnected() {
-		return fmt.Errorf("fetch from consumer %s: %w (%s)", q.cfg.Durable, ErrNotConnected, q.nc.Status())
+		return fmt.Errorf("fetch from consumer %s: %w (%s)", durable, ErrNotConnected, q.nc.Status())
 	}
 	pullCtx, cancel := context.WithTimeout(ctx, q.cfg.FetchMaxWait)
 	defer cancel()
-	batch, err := q.consumer.Fetch(max, jetstream.FetchContext(pullCtx))
+	batch, err := consumer.Fetch(max, jetstream.FetchContext(pullCtx))
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("fetch from consumer %s: %w", q.cfg.Durable, err)
+		return fmt.Errorf("fetch from consumer %s: %w", durable, err)
 	}
 	for m := range batch.Messages() {
 		msg, err := newMessage(m)
@@ -69,7 +82,7 @@ func (q *Queue) Fetch(ctx context.Context, max int, handle func(worker.Message))
 		// The pull's own deadline passed before the server's expiry notice came in.
 		return nil
 	default:
-		return fmt.Errorf("fetch from consumer %s: %w", q.cfg.Durable, err)
+		return fmt.Errorf("fetch from consumer %s: %w", durable, err)
 	}
 }
 

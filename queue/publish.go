@@ -169,3 +169,18 @@ func sanitizeHeaderValue(s string) string {
 func validHeaderValue(s string) bool {
 	return !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }
+
+// ScheduleCheck puts a state check on "<prefix>.verify" with Nats-Msg-Id set to its MsgID,
+// so that scheduling it again within the dedupe window stores nothing new, and waits for
+// the stream's acknowledgement.
+func (q *Queue) ScheduleCheck(ctx context.Context, c *worker.Check) error {
+	data, err := json.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("state check: %w", err)
+	}
+	m := &nats.Msg{Subject: q.verifySubject, Data: data, Header: nats.Header{HeaderMsgID: {c.MsgID()}}}
+	if _, err := q.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("state check %s: %w", c.MsgID(), err)
+	}
+	return nil
+}

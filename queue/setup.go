@@ -23,11 +23,13 @@ type Queue struct {
 	js       jetstream.JetStream
 	nc       *nats.Conn
 	consumer jetstream.Consumer
+	checks   jetstream.Consumer
 	logger   *slog.Logger
 
 	requestsSubject string
 	eventsPrefix    string
 	dlqSubject      string
+	verifySubject   string
 }
 
 // Setup creates or updates the requests, events and dead-letter streams and the durable
@@ -45,11 +47,12 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config, logger *slog
 	}
 	q := &Queue{cfg: cfg, js: js, nc: js.Conn(), logger: logger}
 	q.requestsSubject, q.eventsPrefix, q.dlqSubject = cfg.Subjects()
+	q.verifySubject = cfg.VerifySubject()
 
 	streams := q.streamConfigs()
-	consumer := q.consumerConfig()
+	consumer, checks := q.consumerConfig(), q.verifyConsumerConfig()
 	if cfg.NoCreate {
-		if err := q.bind(ctx, streams, consumer); err != nil {
+		if err := q.bind(ctx, streams, consumer, checks); err != nil {
 			return nil, err
 		}
 		return q, nil
@@ -64,10 +67,13 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config, logger *slog
 		return nil, err
 	}
 	q.consumer = c
+	if q.checks, err = ensureConsumer(ctx, js, cfg.VerifyStream, checks, logger); err != nil {
+		return nil, err
+	}
 	return q, nil
 }
 
-// streamConfigs returns the three streams as Setup wants them.
+// streamConfigs returns the four streams as Setup wants them.
 func (q *Queue) streamConfigs() []jetstream.StreamConfig {
 	c := q.cfg
 	return []jetstream.StreamConfig{
@@ -99,6 +105,29 @@ func (q *Queue) streamConfigs() []jetstream.StreamConfig {
 			MaxAge:      c.DLQMaxAge,
 			Duplicates:  c.DuplicateWindow,
 		},
+		{
+			Name:        c.VerifyStream,
+			Description: "reprocessor: state checks of accepted requests (DESIGN section 5)",
+			Subjects:    []string{q.verifySubject},
+			Retention:   jetstream.WorkQueuePolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.Replicas,
+			Duplicates:  c.DuplicateWindow,
+		},
+	}
+}
+
+// verifyConsumerConfig returns the durable pull consumer of state checks.
+func (q *Queue) verifyConsumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       q.cfg.VerifyDurable,
+		Description:   "reprocessor: state checks",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       q.cfg.AckWait,
+		MaxAckPending: q.cfg.VerifyMaxAckPending,
+		MaxDeliver:    -1,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		FilterSubject: q.verifySubject,
 	}
 }
 
@@ -233,7 +262,7 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 
 // bind looks the streams and the consumer up without changing them. It fails naming every
 // missing one, and logs managed fields that differ from the config.
-func (q *Queue) bind(ctx context.Context, streams []jetstream.StreamConfig, want jetstream.ConsumerConfig) error {
+func (q *Queue) bind(ctx context.Context, streams []jetstream.StreamConfig, want, checks jetstream.ConsumerConfig) error {
 	var missing []string
 	for _, sc := range streams {
 		s, err := q.js.Stream(ctx, sc.Name)
@@ -249,25 +278,36 @@ func (q *Queue) bind(ctx context.Context, streams []jetstream.StreamConfig, want
 			q.logger.Warn("stream differs from the config; not changed (no-create)", "stream", sc.Name, "fields", diff)
 		}
 	}
-	c, err := q.js.Consumer(ctx, q.cfg.RequestsStream, want.Durable)
-	switch {
-	case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
-		missing = append(missing, fmt.Sprintf("consumer %s on stream %s", want.Durable, q.cfg.RequestsStream))
-	case err != nil:
-		return fmt.Errorf("look up consumer %s on stream %s: %w", want.Durable, q.cfg.RequestsStream, err)
-	default:
+	bindConsumer := func(stream string, want jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+		c, err := q.js.Consumer(ctx, stream, want.Durable)
+		switch {
+		case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
+			missing = append(missing, fmt.Sprintf("consumer %s on stream %s", want.Durable, stream))
+			return nil, nil
+		case err != nil:
+			return nil, fmt.Errorf("look up consumer %s on stream %s: %w", want.Durable, stream, err)
+		}
 		existing := c.CachedInfo().Config
 		if existing.DeliverSubject != "" {
-			return fmt.Errorf("consumer %s on stream %s is a push consumer; want a pull consumer", want.Durable, q.cfg.RequestsStream)
+			return nil, fmt.Errorf("consumer %s on stream %s is a push consumer; want a pull consumer", want.Durable, stream)
 		}
 		if diff := changedFields(existing, mergeConsumer(existing, want)); len(diff) > 0 {
 			q.logger.Warn("consumer differs from the config; not changed (no-create)", "consumer", want.Durable, "fields", diff)
 		}
+		return c, nil
+	}
+	c, err := bindConsumer(q.cfg.RequestsStream, want)
+	if err != nil {
+		return err
+	}
+	v, err := bindConsumer(q.cfg.VerifyStream, checks)
+	if err != nil {
+		return err
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("%w (creation is turned off): missing %s", ErrNotProvisioned, strings.Join(missing, ", "))
 	}
-	q.consumer = c
+	q.consumer, q.checks = c, v
 	return nil
 }
 

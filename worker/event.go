@@ -85,6 +85,9 @@ type EventData struct {
 	State           string      `json:"state,omitempty"`
 	Status          string      `json:"status,omitempty"`
 	Settled         *bool       `json:"settled,omitempty"`
+	// Final marks the last state_changed event of a request: tracking ended, because the
+	// state settled, the deadline passed (settled false) or the state could not be read.
+	Final bool `json:"final,omitempty"`
 }
 
 // EventError is the error of a failed or rejected event.

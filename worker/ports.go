@@ -108,4 +108,5 @@ type Observer interface {
 	EventPublishFailed()
 	CircuitOpen(open bool)
 	LastSuccess(t time.Time)
+	StateChanged(state string) // an observed state change, to the new state
 }

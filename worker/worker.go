@@ -25,6 +25,7 @@ type Config struct {
 	Heartbeat        time.Duration // how often a long-running message is marked in progress; default 10s
 	ShutdownTimeout  time.Duration // how long in-flight work may take to finish at shutdown; default 30s
 	ShutdownNakDelay time.Duration // redelivery delay of what shutdown hands back; default 1s
+	Verify           VerifyConfig  // state tracking after accepted
 	Logger           *slog.Logger
 	Now              func() time.Time // default time.Now
 	Rand             func() float64   // [0,1); default math/rand/v2
@@ -43,6 +44,7 @@ func (c Config) withDefaults() Config {
 	c.Heartbeat = cmp.Or(c.Heartbeat, 10*time.Second)
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, 30*time.Second)
 	c.ShutdownNakDelay = cmp.Or(c.ShutdownNakDelay, time.Second)
+	c.Verify = c.Verify.withDefaults()
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -81,6 +83,11 @@ type Deps struct {
 	Limiter     Limiter      // nil: no rate limit
 	Observer    Observer     // nil: nothing observed
 	Hold        func() error // optional: while it returns an error, nothing is fetched (e.g. no Graph token yet)
+
+	// State tracking, required when Config.Verify.Enabled.
+	Checks    Source         // the verify work queue
+	Scheduler CheckScheduler // puts checks on it
+	States    StateReader    // reads assignments
 }
 
 // Worker takes request messages from a Source and settles each one.
@@ -96,10 +103,21 @@ type Worker struct {
 	attempts attemptLog
 	beats    heartbeats
 
+	requests *pump
+	checks   *pump // nil when tracking is off
+	handlers sync.WaitGroup
+	credDown atomic.Bool
+}
+
+// pump feeds one source's messages to a handler, at most allowed() at once.
+type pump struct {
+	name      string
+	src       Source
+	allowed   func() int
+	handle    func(ctx, work context.Context, m Message)
 	inflight  atomic.Int64
-	handlers  sync.WaitGroup
 	slotFreed chan struct{}
-	credDown  atomic.Bool
+	observe   bool // report in-flight counts to the Observer
 }
 
 // New returns a worker; it does nothing until Run.
@@ -111,21 +129,27 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 	if deps.Source == nil || deps.Graph == nil || deps.Events == nil || deps.DeadLetters == nil {
 		return nil, errors.New("worker: Source, Graph, Events and DeadLetters are required")
 	}
+	if cfg.Verify.Enabled && (deps.Checks == nil || deps.Scheduler == nil || deps.States == nil) {
+		return nil, errNoTracking
+	}
 	obs := deps.Observer
 	if obs == nil {
 		obs = nopObserver{}
 	}
 	w := &Worker{
-		cfg:       cfg,
-		deps:      deps,
-		log:       cfg.Logger,
-		obs:       obs,
-		gate:      &gate{now: cfg.Now, obs: obs},
-		circuit:   newCircuit(cfg.CircuitThreshold, cfg.CircuitCooldown, cfg.Now, obs),
-		co:        newCoalescer(max(cfg.CoalesceWindow, 0)),
-		attempts:  attemptLog{m: make(map[uint64]int)},
-		beats:     heartbeats{m: make(map[Message]time.Time)},
-		slotFreed: make(chan struct{}, 1),
+		cfg:      cfg,
+		deps:     deps,
+		log:      cfg.Logger,
+		obs:      obs,
+		gate:     &gate{now: cfg.Now, obs: obs},
+		circuit:  newCircuit(cfg.CircuitThreshold, cfg.CircuitCooldown, cfg.Now, obs),
+		co:       newCoalescer(max(cfg.CoalesceWindow, 0)),
+		attempts: attemptLog{m: make(map[uint64]int)},
+		beats:    heartbeats{m: make(map[Message]time.Time)},
+	}
+	w.requests = &pump{name: "requests", src: deps.Source, allowed: w.allowed, handle: w.handle, slotFreed: make(chan struct{}, 1), observe: true}
+	if cfg.Verify.Enabled {
+		w.checks = &pump{name: "state checks", src: deps.Checks, allowed: w.allowedChecks, handle: w.handleCheck, slotFreed: make(chan struct{}, 1)}
 	}
 	obs.CircuitOpen(false)
 	obs.Throttled(false)
@@ -156,9 +180,15 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.beats.run(work, w.cfg.Heartbeat, w.cfg.Now)
 	}()
 
-	w.fetchLoop(ctx, work)
+	var pumps sync.WaitGroup
+	for _, p := range []*pump{w.requests, w.checks} {
+		if p != nil {
+			pumps.Go(func() { w.fetchLoop(ctx, work, p) })
+		}
+	}
+	pumps.Wait()
 
-	w.log.Info("stopping: no more fetching; waiting for in-flight work", "in_flight", w.inflight.Load(), "timeout", w.cfg.ShutdownTimeout)
+	w.log.Info("stopping: no more fetching; waiting for in-flight work", "in_flight", w.requests.inflight.Load(), "timeout", w.cfg.ShutdownTimeout)
 	finished := make(chan struct{})
 	go func() {
 		w.handlers.Wait()
@@ -169,7 +199,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	select {
 	case <-finished:
 	case <-timer.C:
-		w.log.Warn("shutdown timeout: handing back unfinished messages", "in_flight", w.inflight.Load())
+		w.log.Warn("shutdown timeout: handing back unfinished messages", "in_flight", w.requests.inflight.Load())
 		cancelWork()
 		<-finished
 	}
@@ -179,25 +209,37 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-func (w *Worker) fetchLoop(ctx, work context.Context) {
+func (w *Worker) fetchLoop(ctx, work context.Context, p *pump) {
 	errDelay := Backoff{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
 	failures := 0
 	for ctx.Err() == nil {
-		free := w.allowed() - int(w.inflight.Load())
+		free := p.allowed() - int(p.inflight.Load())
 		if free <= 0 {
-			w.waitSlot(ctx, 250*time.Millisecond)
+			p.waitSlot(ctx, 250*time.Millisecond)
 			continue
 		}
-		err := w.deps.Source.Fetch(ctx, free, func(m Message) { w.start(ctx, work, m) })
+		err := p.src.Fetch(ctx, free, func(m Message) { w.start(ctx, work, p, m) })
 		if err != nil && ctx.Err() == nil {
 			failures++
 			d := errDelay.ceiling(failures)
-			w.log.Warn("fetch failed; retrying", "err", err, "in", d)
+			w.log.Warn("fetch failed; retrying", "from", p.name, "err", err, "in", d)
 			sleep(ctx, d)
 			continue
 		}
 		failures = 0
 	}
+}
+
+// allowedChecks is how many state checks may be in flight now: none while Graph refuses
+// us or no token can be had, as for requests.
+func (w *Worker) allowedChecks() int {
+	if open, _ := w.circuit.state(); open || w.credDown.Load() {
+		return 0
+	}
+	if w.deps.Hold != nil && w.deps.Hold() != nil {
+		return 0
+	}
+	return w.cfg.Verify.Concurrency
 }
 
 // allowed is how many messages may be in flight now.
@@ -219,33 +261,37 @@ func (w *Worker) allowed() int {
 	return w.cfg.Concurrency
 }
 
-func (w *Worker) waitSlot(ctx context.Context, d time.Duration) {
+func (p *pump) waitSlot(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-	case <-w.slotFreed:
+	case <-p.slotFreed:
 	case <-t.C:
 	}
 }
 
-func (w *Worker) start(ctx, work context.Context, m Message) {
-	w.inflight.Add(1)
-	w.obs.InFlight(1)
+func (w *Worker) start(ctx, work context.Context, p *pump, m Message) {
+	p.inflight.Add(1)
+	if p.observe {
+		w.obs.InFlight(1)
+	}
 	w.handlers.Add(1)
 	w.beats.add(m, w.cfg.Now())
 	go func() {
 		defer w.handlers.Done()
 		defer func() {
 			w.beats.remove(m)
-			w.inflight.Add(-1)
-			w.obs.InFlight(-1)
+			p.inflight.Add(-1)
+			if p.observe {
+				w.obs.InFlight(-1)
+			}
 			select {
-			case w.slotFreed <- struct{}{}:
+			case p.slotFreed <- struct{}{}:
 			default:
 			}
 		}()
-		w.handle(ctx, work, m)
+		p.handle(ctx, work, m)
 	}()
 }
 
@@ -256,6 +302,7 @@ type result struct {
 	detail   string
 	resp     Response
 	attempts int
+	before   string // the state read before reprocess (REPROCESSOR_PRECHECK), if any
 }
 
 // handle settles one message: a terminal event (and a dead letter where due) then an ack,
@@ -313,6 +360,7 @@ func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began 
 	deadline := began.Add(w.cfg.DeliveryBudget)
 	retries, credRetries := 0, 0
 	stopping := result{detail: "shutting down"}
+	before := w.precheck(ctx, work, d, req)
 	for {
 		probe, err := w.circuit.admit(ctx)
 		if err != nil {
@@ -342,7 +390,7 @@ func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began 
 			w.log.Info("Graph token obtained again: resuming")
 		}
 		attempts++
-		res = result{resp: resp, attempts: attempts, code: c.code, detail: c.detail}
+		res = result{resp: resp, attempts: attempts, code: c.code, detail: c.detail, before: before}
 		switch c.verdict {
 		case verdictAccepted:
 			w.circuit.record(false, probe)
@@ -420,6 +468,15 @@ func (w *Worker) settle(work context.Context, m Message, d Delivery, req Request
 		dl := DeadLetter{Code: res.code, Detail: res.detail, Attempts: res.attempts}
 		if err := w.retryPublish(work, "dead letter", func(ctx context.Context) error { return w.deps.DeadLetters.DeadLetter(ctx, d, dl) }); err != nil {
 			w.handBack(m, d, w.cfg.ShutdownNakDelay, "dead letter not stored before shutdown")
+			return false
+		}
+	}
+	if res.kind == KindAccepted && w.checks != nil {
+		// Scheduled before the event and the ack: a crash in between repeats both, and the
+		// check's Nats-Msg-Id keeps it single.
+		check := w.newCheck(d, req, res.before, now)
+		if err := w.retryPublish(work, "state check", func(ctx context.Context) error { return w.deps.Scheduler.ScheduleCheck(ctx, check) }); err != nil {
+			w.handBack(m, d, w.cfg.ShutdownNakDelay, "state check not scheduled before shutdown")
 			return false
 		}
 	}
@@ -609,3 +666,4 @@ func (nopObserver) EventPublished(string)           {}
 func (nopObserver) EventPublishFailed()             {}
 func (nopObserver) CircuitOpen(bool)                {}
 func (nopObserver) LastSuccess(time.Time)           {}
+func (nopObserver) StateChanged(string)             {}

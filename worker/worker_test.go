@@ -259,7 +259,7 @@ func TestShutdownFinishesInFlightAndHandsBackWaiting(t *testing.T) {
 	})
 	msgs := []*fakeMsg{s.send(guid(1), 1), s.send(guid(2), 1), s.send(guid(3), 1)}
 	waiting := s.send(guid(9), 1)
-	waitFor(t, "4 in flight", func() bool { return s.w.inflight.Load() == 4 })
+	waitFor(t, "4 in flight", func() bool { return s.w.requests.inflight.Load() == 4 })
 	s.cancel()
 	time.Sleep(50 * time.Millisecond)
 	close(release)

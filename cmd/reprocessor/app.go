@@ -107,6 +107,9 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 		DeadLetters: q,
 		Limiter:     limiter,
 		Observer:    m,
+		Checks:      q.Checks(),
+		Scheduler:   q,
+		States:      graphAdapter{client},
 		Hold: func() error {
 			if cred.Ready() {
 				return nil
@@ -267,6 +270,13 @@ func workerConfig(cfg Config, log *slog.Logger) worker.Config {
 		Heartbeat:        max(cfg.AckWait/3, 100*time.Millisecond),
 		ShutdownTimeout:  cfg.ShutdownTimeout,
 		Logger:           log,
+		Verify: worker.VerifyConfig{
+			Enabled:     cfg.Verify,
+			Concurrency: cfg.VerifyConcurrency,
+			FirstDelay:  cfg.VerifyDelay,
+			Deadline:    cfg.VerifyDeadline,
+			Precheck:    cfg.Precheck,
+		},
 	}
 }
 
@@ -366,6 +376,21 @@ type graphAdapter struct{ c *graph.Client }
 
 func (g graphAdapter) Reprocess(ctx context.Context, id string) (worker.Response, error) {
 	r, err := g.c.Reprocess(ctx, id)
+	return adaptResult(r, err)
+}
+
+func (g graphAdapter) GetAssignment(ctx context.Context, id string) (worker.Assignment, worker.Response, error) {
+	a, r, err := g.c.GetAssignment(ctx, id)
+	resp, err := adaptResult(r, err)
+	if errors.Is(err, graph.ErrDecode) {
+		// A 200 whose body cannot be read: retried like a server error.
+		resp.Status, err = http.StatusBadGateway, nil
+	}
+	return worker.Assignment{State: a.State, Status: a.Status}, resp, err
+}
+
+// adaptResult presents a Graph answer, or the failure to get one, to the worker.
+func adaptResult(r graph.Result, err error) (worker.Response, error) {
 	resp := worker.Response{
 		Status:          r.Status,
 		RequestID:       r.RequestID,

@@ -56,9 +56,11 @@ type Config struct {
 	CircuitThreshold int           // consecutive 401/403 answers that open the circuit
 	CircuitCooldown  time.Duration // before the open circuit probes Graph
 
-	Verify         bool          // check the assignment's state after accepted
-	VerifyDeadline time.Duration // give up checking a state still delivering after this
-	Precheck       bool          // read the assignment's state before reprocess too
+	Verify            bool          // check the assignment's state after accepted
+	VerifyDeadline    time.Duration // give up checking a state still delivering after this
+	VerifyDelay       time.Duration // from accepted to the first check
+	VerifyConcurrency int           // state checks at once
+	Precheck          bool          // read the assignment's state before reprocess too
 
 	AckWait        time.Duration
 	MaxAckPending  int // 0 means derived: see EffectiveMaxAckPending
@@ -83,31 +85,33 @@ type Config struct {
 // when left empty (see fillDerived).
 func defaultConfig() Config {
 	return Config{
-		Cloud:            "public",
-		GraphAPIVersion:  "v1.0",
-		GraphTimeout:     30 * time.Second,
-		SubjectPrefix:    "entitlement.reprocess",
-		Concurrency:      16,
-		Rate:             20,
-		MaxDeliver:       5,
-		DeliveryBudget:   time.Minute,
-		BackoffInitial:   time.Second,
-		BackoffMax:       time.Minute,
-		CoalesceWindow:   time.Minute,
-		CircuitThreshold: 20,
-		CircuitCooldown:  30 * time.Second,
-		Verify:           true,
-		VerifyDeadline:   10 * time.Minute,
-		AckWait:          30 * time.Second,
-		EventsMaxAge:     7 * 24 * time.Hour,
-		DLQMaxAge:        30 * 24 * time.Hour,
-		StreamReplicas:   1,
-		HTTPAddr:         ":9464",
-		LogLevel:         "info",
-		LogFormat:        "text",
-		DataDir:          "./data",
-		EmbeddedAddr:     "127.0.0.1:4222",
-		ShutdownTimeout:  30 * time.Second,
+		Cloud:             "public",
+		GraphAPIVersion:   "v1.0",
+		GraphTimeout:      30 * time.Second,
+		SubjectPrefix:     "entitlement.reprocess",
+		Concurrency:       16,
+		Rate:              20,
+		MaxDeliver:        5,
+		DeliveryBudget:    time.Minute,
+		BackoffInitial:    time.Second,
+		BackoffMax:        time.Minute,
+		CoalesceWindow:    time.Minute,
+		CircuitThreshold:  20,
+		CircuitCooldown:   30 * time.Second,
+		Verify:            true,
+		VerifyDeadline:    10 * time.Minute,
+		VerifyDelay:       5 * time.Second,
+		VerifyConcurrency: 4,
+		AckWait:           30 * time.Second,
+		EventsMaxAge:      7 * 24 * time.Hour,
+		DLQMaxAge:         30 * 24 * time.Hour,
+		StreamReplicas:    1,
+		HTTPAddr:          ":9464",
+		LogLevel:          "info",
+		LogFormat:         "text",
+		DataDir:           "./data",
+		EmbeddedAddr:      "127.0.0.1:4222",
+		ShutdownTimeout:   30 * time.Second,
 	}
 }
 
@@ -382,8 +386,11 @@ func (c Config) problems() []error {
 	if c.CircuitThreshold < 1 {
 		bad("REPROCESSOR_CIRCUIT_THRESHOLD", "must be at least 1, got %q", strconv.Itoa(c.CircuitThreshold))
 	}
+	if c.VerifyConcurrency < 1 || c.VerifyConcurrency > 10000 {
+		bad("REPROCESSOR_VERIFY_CONCURRENCY", "must be between 1 and 10000, got %q", strconv.Itoa(c.VerifyConcurrency))
+	}
 	if c.MaxAckPending != 0 && c.MaxAckPending < c.Concurrency {
-		bad("REPROCESSOR_MAX_ACK_PENDING", "must be 0 (twice REPROCESSOR_CONCURRENCY) or at least REPROCESSOR_CONCURRENCY (%d), got %q", c.Concurrency, strconv.Itoa(c.MaxAckPending))
+		bad("REPROCESSOR_MAX_ACK_PENDING", "must be 0 (derived from REPROCESSOR_CONCURRENCY) or at least REPROCESSOR_CONCURRENCY (%d), got %q", c.Concurrency, strconv.Itoa(c.MaxAckPending))
 	}
 	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
 		bad("REPROCESSOR_STREAM_REPLICAS", "must be between 1 and 5, got %q", strconv.Itoa(c.StreamReplicas))
@@ -399,6 +406,7 @@ func (c Config) problems() []error {
 		{"REPROCESSOR_BACKOFF_MAX", c.BackoffMax},
 		{"REPROCESSOR_CIRCUIT_COOLDOWN", c.CircuitCooldown},
 		{"REPROCESSOR_VERIFY_DEADLINE", c.VerifyDeadline},
+		{"REPROCESSOR_VERIFY_DELAY", c.VerifyDelay},
 		{"REPROCESSOR_ACK_WAIT", c.AckWait},
 		{"REPROCESSOR_EVENTS_MAX_AGE", c.EventsMaxAge},
 		{"REPROCESSOR_DLQ_MAX_AGE", c.DLQMaxAge},
@@ -646,6 +654,8 @@ func (c *Config) settings() []setting {
 
 		{env: "REPROCESSOR_VERIFY", help: "check assignment state after accepted", value: (*boolValue)(&c.Verify)},
 		{env: "REPROCESSOR_VERIFY_DEADLINE", help: "stop checking a state still delivering after this", value: (*durationValue)(&c.VerifyDeadline)},
+		{env: "REPROCESSOR_VERIFY_DELAY", help: "from accepted to the first state check", value: (*durationValue)(&c.VerifyDelay)},
+		{env: "REPROCESSOR_VERIFY_CONCURRENCY", help: "state checks at once, 1 to 10000", value: (*intValue)(&c.VerifyConcurrency)},
 		{env: "REPROCESSOR_PRECHECK", help: "read assignment state before reprocess too", value: (*boolValue)(&c.Precheck)},
 
 		{env: "REPROCESSOR_ACK_WAIT", help: "JetStream ack wait of the consumers", value: (*durationValue)(&c.AckWait)},

@@ -67,7 +67,10 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	cfg.GraphURL, cfg.Cloud = gt.URL, "public"
 	cfg.AzureAuthorityHost = env("AZURE_AUTHORITY_HOST")
 
-	d := &demo{out: stdout, start: time.Now(), tally: map[string]int{}, done: make(chan struct{})}
+	if getenv("REPROCESSOR_VERIFY_DELAY") == "" {
+		cfg.VerifyDelay = time.Second // the simulated assignments settle in a few seconds
+	}
+	d := &demo{out: stdout, start: time.Now(), tally: map[string]int{}, done: make(chan struct{}), tracking: cfg.Verify}
 	fmt.Fprintf(stdout, "reprocessor demo: simulated Graph at %s (latency 50-300ms, ~2%% unknown ids, occasional 429/503)\n", gt.URL)
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -164,6 +167,8 @@ type demo struct {
 	expected  int // terminal events to wait for; 0 until the producer has finished
 	tally     map[string]int
 	terminal  int
+	tracking  bool // state tracking is on: wait for each accepted request's history to end
+	ended     int  // state histories that ended (settled, or given up at the deadline)
 	done      chan struct{}
 	closed    bool
 }
@@ -236,12 +241,15 @@ func (d *demo) onEvent(m *nats.Msg) {
 	d.tally[e.Kind()]++
 	if e.Kind() != worker.KindStateChanged {
 		d.terminal++
+	} else if e.Data.Final {
+		d.ended++
 	}
 	d.checkDone()
 }
 
 func (d *demo) checkDone() {
-	if d.expected > 0 && d.terminal >= d.expected && !d.closed {
+	tracked := !d.tracking || d.ended >= d.tally[worker.KindAccepted]
+	if d.expected > 0 && d.terminal >= d.expected && tracked && !d.closed {
 		d.closed = true
 		close(d.done)
 	}
@@ -262,7 +270,16 @@ func eventLine(e *worker.Event) string {
 		fmt.Fprintf(&b, " http=%d", e.Data.HTTPStatus)
 	}
 	if e.Data.State != "" {
-		fmt.Fprintf(&b, " state=%s→%s", e.Data.PreviousState, e.Data.State)
+		from := e.Data.PreviousState
+		if from == "" {
+			from = "?"
+		}
+		fmt.Fprintf(&b, "  %s → %s", from, e.Data.State)
+		if e.Data.Settled != nil && *e.Data.Settled {
+			b.WriteString(" (settled)")
+		} else if e.Data.Final {
+			b.WriteString(" (not settled: " + e.Data.Status + ")")
+		}
 	}
 	if e.Data.Error != nil {
 		fmt.Fprintf(&b, " error=%s: %s", e.Data.Error.Code, e.Data.Error.Message)

@@ -97,18 +97,7 @@ func newSystemTB(t testing.TB, opts graphtest.Options) *system {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := env{
-		"NATS_URL":                    ns.ClientURL(),
-		"REPROCESSOR_HTTP_ADDR":       "127.0.0.1:0",
-		"REPROCESSOR_RATE":            "0",
-		"REPROCESSOR_INSTANCE":        "test",
-		"REPROCESSOR_BACKOFF_INITIAL": "10ms",
-		"REPROCESSOR_BACKOFF_MAX":     "100ms",
-		"REPROCESSOR_LOG_LEVEL":       "debug",
-	}
-	for k, v := range gt.Env("") {
-		e[k] = v
-	}
+	e := testEnv(ns.ClientURL(), gt)
 	return &system{t: t, gt: gt, nats: ns, dir: dir, nc: nc, js: js, env: e}
 }
 
@@ -358,4 +347,24 @@ func payloads(ids []string) [][]byte {
 		out[i] = []byte(id)
 	}
 	return out
+}
+
+// testEnv is the environment of a worker under test: NATS at natsURL, the simulated Graph
+// gt, no rate limit, short backoffs, debug logs, a free HTTP port, tracking off.
+func testEnv(natsURL string, gt *graphtest.Server) env {
+	e := env{
+		"NATS_URL":                    natsURL,
+		"REPROCESSOR_HTTP_ADDR":       "127.0.0.1:0",
+		"REPROCESSOR_RATE":            "0",
+		"REPROCESSOR_INSTANCE":        "test",
+		"REPROCESSOR_BACKOFF_INITIAL": "10ms",
+		"REPROCESSOR_BACKOFF_MAX":     "100ms",
+		"REPROCESSOR_LOG_LEVEL":       "debug",
+		// State tracking adds state_changed events; the tests of tracking turn it on.
+		"REPROCESSOR_VERIFY": "false",
+	}
+	for k, v := range gt.Env("") {
+		e[k] = v
+	}
+	return e
 }

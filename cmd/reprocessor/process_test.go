@@ -499,18 +499,7 @@ func newSystemOn(t *testing.T, opts graphtest.Options, natsURL string, natsOpts 
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := env{
-		"NATS_URL":                    natsURL,
-		"REPROCESSOR_HTTP_ADDR":       "127.0.0.1:0",
-		"REPROCESSOR_RATE":            "0",
-		"REPROCESSOR_INSTANCE":        "test",
-		"REPROCESSOR_BACKOFF_INITIAL": "10ms",
-		"REPROCESSOR_BACKOFF_MAX":     "100ms",
-		"REPROCESSOR_LOG_LEVEL":       "debug",
-	}
-	for k, v := range gt.Env("") {
-		e[k] = v
-	}
+	e := testEnv(natsURL, gt)
 	return &system{t: t, gt: gt, nc: nc, js: js, env: e}
 }
 

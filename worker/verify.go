@@ -1,0 +1,310 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// State tracking (DESIGN section 5): after a request ends accepted, a Check goes onto the
+// verify work queue; a check reads the assignment, publishes state_changed when its state
+// differs from the last one seen, and comes back later while the state is unsettled, until
+// the state settles or the deadline passes.
+
+// StateNotFound is the state reported when the assignment no longer exists (Graph 404).
+const StateNotFound = "notFound"
+
+// SettledStates are the states that end tracking.
+var SettledStates = []string{"delivered", "partiallyDelivered", "deliveryFailed", "expired", StateNotFound}
+
+// KnownStates are the state values with their own label in the state-change metric; any
+// other value is counted as "other".
+var KnownStates = []string{"delivering", "partiallyDelivered", "delivered", "expired", "deliveryFailed", "unknownFutureValue", StateNotFound}
+
+func settled(state string) bool {
+	for _, s := range SettledStates {
+		if s == state {
+			return true
+		}
+	}
+	return false
+}
+
+// Check is a scheduled state check of an accepted request: the payload of a message on
+// the verify work queue.
+type Check struct {
+	AssignmentID  string    `json:"assignmentId"`
+	RequestStream string    `json:"requestStream"`
+	RequestSeq    uint64    `json:"requestSeq"`
+	LastState     string    `json:"lastState,omitempty"` // the last state seen; "" before any
+	Changes       int       `json:"changes"`             // state_changed events published so far
+	AcceptedAt    time.Time `json:"acceptedAt"`
+	NotBefore     time.Time `json:"notBefore"`
+	Deadline      time.Time `json:"deadline"`
+	CorrelationID string    `json:"correlationId,omitempty"`
+	RequestedBy   string    `json:"requestedBy,omitempty"`
+	Reason        string    `json:"reason,omitempty"`
+	RequestedAt   time.Time `json:"requestedAt"`
+}
+
+// MsgID identifies the check for deduplication: one per request and number of changes seen,
+// so that a redelivered request or check schedules nothing twice.
+func (c *Check) MsgID() string {
+	return c.RequestStream + "-" + strconv.FormatUint(c.RequestSeq, 10) + "-verify-" + strconv.Itoa(c.Changes)
+}
+
+// Assignment is the part of an assignment that tracking reads.
+type Assignment struct {
+	State  string // v1.0 camelCase ("delivered"); unknown values kept as they are
+	Status string
+}
+
+// StateReader reads an assignment's state from Graph. Errors are as for Graph.Reprocess.
+type StateReader interface {
+	GetAssignment(ctx context.Context, assignmentID string) (Assignment, Response, error)
+}
+
+// CheckScheduler puts a check on the verify work queue, with Nats-Msg-Id set to its MsgID,
+// and waits for the stream's acknowledgement.
+type CheckScheduler interface {
+	ScheduleCheck(ctx context.Context, c *Check) error
+}
+
+// VerifyConfig tunes state tracking; the zero value of each field means its default.
+type VerifyConfig struct {
+	Enabled     bool
+	Concurrency int           // checks at once; default 4
+	FirstDelay  time.Duration // from accepted to the first check; default 5s
+	MaxDelay    time.Duration // the longest wait between checks; default 1m
+	Deadline    time.Duration // from accepted to giving up; default 10m
+	Precheck    bool          // read the state before reprocess too
+}
+
+func (v VerifyConfig) withDefaults() VerifyConfig {
+	v.Concurrency = max(v.Concurrency, 0)
+	if v.Concurrency == 0 {
+		v.Concurrency = 4
+	}
+	if v.FirstDelay <= 0 {
+		v.FirstDelay = 5 * time.Second
+	}
+	if v.MaxDelay <= 0 {
+		v.MaxDelay = time.Minute
+	}
+	if v.Deadline <= 0 {
+		v.Deadline = 10 * time.Minute
+	}
+	return v
+}
+
+// nextCheck is the wait before the next check: half the time since the request was
+// accepted, between the first delay and the longest wait, and never past the deadline.
+func (v VerifyConfig) nextCheck(c *Check, now time.Time) time.Duration {
+	d := min(max(now.Sub(c.AcceptedAt)/2, v.FirstDelay), v.MaxDelay)
+	return max(min(d, c.Deadline.Sub(now)), 0)
+}
+
+// newCheck returns the first check of an accepted request.
+func (w *Worker) newCheck(d Delivery, req Request, lastState string, now time.Time) *Check {
+	v := w.cfg.Verify
+	return &Check{
+		AssignmentID: req.ID, RequestStream: d.Stream, RequestSeq: d.StreamSeq, LastState: lastState,
+		AcceptedAt: now, NotBefore: now.Add(v.FirstDelay), Deadline: now.Add(v.Deadline),
+		CorrelationID: req.CorrelationID, RequestedBy: req.RequestedBy, Reason: req.Reason, RequestedAt: d.Timestamp,
+	}
+}
+
+// precheck reads the state before reprocess, so that the history starts from the real
+// previous state; a failure only means the history starts from nothing.
+func (w *Worker) precheck(ctx, work context.Context, d Delivery, req Request) string {
+	if !w.cfg.Verify.Enabled || !w.cfg.Verify.Precheck || w.deps.States == nil {
+		return ""
+	}
+	if err := w.pace(ctx); err != nil {
+		return ""
+	}
+	a, resp, err := w.deps.States.GetAssignment(work, req.ID)
+	switch {
+	case err != nil:
+		w.logFor(d, req).Debug("precheck failed", "err", err)
+		return ""
+	case resp.Status == http.StatusNotFound:
+		return StateNotFound
+	case resp.Status/100 != 2:
+		w.noteThrottle(resp)
+		w.logFor(d, req).Debug("precheck failed", "status", resp.Status)
+		return ""
+	}
+	return a.State
+}
+
+// noteThrottle closes the throttle gate for a Retry-After on a 429, 503 or 504.
+func (w *Worker) noteThrottle(resp Response) {
+	if c := classify(resp, nil); c.verdict == verdictThrottled && resp.HasRetryAfter {
+		w.gate.pauseUntil(w.cfg.Now().Add(resp.RetryAfter))
+	}
+}
+
+// handleCheck runs one check: read the state, publish what changed, then settle the check
+// message (ack when tracking ends or a new check carries the new state on, nak with a delay
+// while nothing changed).
+func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
+	d := m.Delivery()
+	var c Check
+	if err := json.Unmarshal(d.Data, &c); err != nil || c.AssignmentID == "" || c.RequestStream == "" {
+		w.log.Error("dropping an unreadable state check", "stream_seq", d.StreamSeq, "err", err)
+		_ = m.Ack()
+		return
+	}
+	if ctx.Err() != nil {
+		w.handBack(m, d, w.cfg.ShutdownNakDelay, "shutting down")
+		return
+	}
+	v := w.cfg.Verify
+	now := w.cfg.Now()
+	if wait := c.NotBefore.Sub(now); wait > 0 {
+		w.handBack(m, d, wait, "check not due yet")
+		return
+	}
+	log := w.log.With("assignment_id", c.AssignmentID, "request_seq", c.RequestSeq, "check_delivery", d.NumDelivered)
+	if !now.Before(c.Deadline) {
+		last := c.LastState
+		if last == "" {
+			last = "unknown"
+		}
+		ev := w.stateEvent(&c, "final", last, fmt.Sprintf("not settled within %s of being accepted", v.Deadline), false, Response{}, now)
+		ev.Data.PreviousState, ev.Data.Final = last, true
+		if w.publishAndAck(work, m, d, ev) {
+			log.Warn("state tracking reached its deadline", "last_state", last)
+		}
+		return
+	}
+
+	probe, err := w.circuit.admit(ctx)
+	if err != nil {
+		w.handBack(m, d, w.cfg.ShutdownNakDelay, "shutting down")
+		return
+	}
+	if err := w.pace(ctx); err != nil {
+		w.circuit.abandon(probe)
+		w.handBack(m, d, w.cfg.ShutdownNakDelay, "shutting down")
+		return
+	}
+	a, resp, err := w.deps.States.GetAssignment(work, c.AssignmentID)
+	for range resp.AuthRetries {
+		w.obs.Retry(RetryUnauthorized)
+	}
+	state, status := a.State, a.Status
+	if err == nil && resp.Status == http.StatusNotFound {
+		state, status = StateNotFound, graphDetail(resp)
+	} else {
+		cl := classify(resp, err)
+		switch cl.verdict {
+		case verdictAccepted:
+		case verdictCredential:
+			w.circuit.abandon(probe)
+			w.handBack(m, d, 5*time.Second, "no Graph token")
+			return
+		case verdictForbidden:
+			w.circuit.record(true, probe)
+			w.handBack(m, d, max(w.cfg.CircuitCooldown, v.FirstDelay), cl.detail)
+			return
+		case verdictThrottled, verdictRetry:
+			w.circuit.record(false, probe)
+			w.obs.Retry(cl.reason)
+			delay := w.cfg.Backoff.Delay(int(min(d.NumDelivered, 30)), resp, w.cfg.Rand)
+			if cl.verdict == verdictThrottled && resp.HasRetryAfter {
+				w.gate.pauseUntil(now.Add(delay))
+			}
+			w.handBack(m, d, max(delay, 100*time.Millisecond), cl.detail)
+			return
+		default: // another 4xx: the state cannot be read, so tracking ends here
+			w.circuit.record(false, probe)
+			last := c.LastState
+			if last == "" {
+				last = "unknown"
+			}
+			ev := w.stateEvent(&c, "final", last, "tracking stopped: "+cl.detail, false, resp, now)
+			ev.Data.PreviousState, ev.Data.Final = last, true
+			w.publishAndAck(work, m, d, ev)
+			return
+		}
+	}
+	w.circuit.record(false, probe)
+	done := settled(state)
+	changed := state != c.LastState
+	if changed || (done && c.Changes == 0) {
+		ev := w.stateEvent(&c, strconv.Itoa(c.Changes+1), state, status, done, resp, now)
+		ev.Data.Final = done
+		if err := w.retryPublish(work, "event", func(ctx context.Context) error { return w.deps.Events.PublishEvent(ctx, ev) }); err != nil {
+			w.handBack(m, d, w.cfg.ShutdownNakDelay, "event not published before shutdown")
+			return
+		}
+		w.obs.EventPublished(KindStateChanged)
+		if changed {
+			w.obs.StateChanged(state)
+		}
+		log.Info("assignment state changed", "previous_state", c.LastState, "state", state, "settled", done)
+	}
+	if done {
+		_ = m.Ack()
+		return
+	}
+	if !changed {
+		w.handBack(m, d, v.nextCheck(&c, now), "state unchanged")
+		return
+	}
+	next := c
+	next.LastState, next.Changes = state, c.Changes+1
+	next.NotBefore = now.Add(v.nextCheck(&c, now))
+	if err := w.retryPublish(work, "state check", func(ctx context.Context) error { return w.deps.Scheduler.ScheduleCheck(ctx, &next) }); err != nil {
+		w.handBack(m, d, w.cfg.ShutdownNakDelay, "next check not scheduled before shutdown")
+		return
+	}
+	_ = m.Ack()
+}
+
+// publishAndAck publishes a final event for a check and acks it; it reports success.
+func (w *Worker) publishAndAck(work context.Context, m Message, d Delivery, ev *Event) bool {
+	if err := w.retryPublish(work, "event", func(ctx context.Context) error { return w.deps.Events.PublishEvent(ctx, ev) }); err != nil {
+		w.handBack(m, d, w.cfg.ShutdownNakDelay, "event not published before shutdown")
+		return false
+	}
+	w.obs.EventPublished(KindStateChanged)
+	_ = m.Ack()
+	return true
+}
+
+// stateEvent builds a state_changed event; n numbers it within the request's history.
+func (w *Worker) stateEvent(c *Check, n, state, status string, isSettled bool, resp Response, now time.Time) *Event {
+	return &Event{
+		SpecVersion:     "1.0",
+		ID:              EventID(c.RequestStream, c.RequestSeq, KindStateChanged) + "-" + n,
+		Source:          w.cfg.Source,
+		Type:            TypePrefix + KindStateChanged,
+		Subject:         c.AssignmentID,
+		Time:            now.UTC(),
+		DataContentType: "application/json",
+		Data: EventData{
+			AssignmentID:    c.AssignmentID,
+			HTTPStatus:      resp.Status,
+			GraphRequestID:  resp.RequestID,
+			ClientRequestID: resp.ClientRequestID,
+			CorrelationID:   c.CorrelationID,
+			RequestedBy:     c.RequestedBy,
+			Reason:          c.Reason,
+			RequestedAt:     c.RequestedAt.UTC(),
+			CompletedAt:     now.UTC(),
+			PreviousState:   c.LastState,
+			State:           state,
+			Status:          status,
+			Settled:         &isSettled,
+		},
+	}
+}
+
+var errNoTracking = errors.New("state tracking needs Checks, Scheduler and States")
