@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -42,6 +43,74 @@ type started struct {
 func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(string) string, opts runOptions) error {
 	log.Info("starting reprocessor", "version", versionLine(), "config", cfg)
 
+	reg := opts.registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+		if err := metrics.RegisterRuntimeCollectors(reg); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+	}
+	m := metrics.New(reg, buildInfo())
+
+	// The HTTP listener comes first, so that /healthz answers while NATS and Graph are
+	// still being reached; readiness says what is not there yet.
+	var (
+		ncReady   atomic.Pointer[nats.Conn]
+		credReady atomic.Pointer[graph.Credential]
+		wReady    atomic.Pointer[worker.Worker]
+		queueOK   atomic.Bool
+	)
+	starting := errors.New("starting")
+	checks := []metrics.Check{
+		{Name: "nats", Func: func() error {
+			nc := ncReady.Load()
+			if nc == nil {
+				return starting
+			}
+			if !nc.IsConnected() {
+				return fmt.Errorf("not connected (status %s)", nc.Status())
+			}
+			return nil
+		}},
+		{Name: "consumer", Func: func() error {
+			if !queueOK.Load() {
+				return errors.New("consumer not bound")
+			}
+			return nil
+		}},
+		{Name: "graph_token", Func: func() error {
+			cred := credReady.Load()
+			switch {
+			case cred == nil:
+				return starting
+			case cred.Ready():
+				return nil
+			case cred.LastError() != nil:
+				return cred.LastError()
+			}
+			return errors.New("no token obtained yet")
+		}},
+		{Name: "worker", Func: func() error {
+			if w := wReady.Load(); w != nil {
+				return w.Ready()
+			}
+			return starting
+		}},
+	}
+	httpAddr, stopServing, err := serveHTTP(cfg.HTTPAddr, metrics.Handler(reg, checks, log), log)
+	if err != nil {
+		return err
+	}
+	stopHTTP := sync.OnceFunc(stopServing) // after the worker, before the NATS drain
+	defer stopHTTP()
+	if cfg.PprofAddr != "" {
+		_, stopPprof, err := serveHTTP(cfg.PprofAddr, metrics.PprofHandler(), log)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
+	}
+
 	natsURL := cfg.NATSURL
 	if natsURL == "" {
 		emb, err := startEmbedded(cfg, log)
@@ -64,6 +133,7 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 			log.Warn("NATS drain", "err", err)
 		}
 	}()
+	ncReady.Store(nc)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
@@ -76,21 +146,13 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 		return nil // stopped before NATS could be reached
 	}
 
-	reg := opts.registry
-	if reg == nil {
-		reg = prometheus.NewRegistry()
-		if err := metrics.RegisterRuntimeCollectors(reg); err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
-	}
-	m := metrics.New(reg, buildInfo())
-
 	credCtx, stopCred := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopCred()
 	cred, client, err := newGraph(cfg, getenv, opts.graphHTTP, m, log)
 	if err != nil {
 		return err
 	}
+	credReady.Store(cred)
 	credDone := make(chan struct{})
 	go func() { defer close(credDone); cred.Run(credCtx) }()
 	defer func() { stopCred(); <-credDone }()
@@ -121,48 +183,12 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 		return err
 	}
 
+	wReady.Store(w)
 	pollCtx, stopPoll := context.WithCancel(context.WithoutCancel(ctx))
-	var queueOK atomic.Bool
 	pollDone := make(chan struct{})
 	go func() { defer close(pollDone); pollQueue(pollCtx, q, m, &queueOK, log) }()
 	defer func() { stopPoll(); <-pollDone }()
 
-	checks := []metrics.Check{
-		{Name: "nats", Func: func() error {
-			if !nc.IsConnected() {
-				return fmt.Errorf("not connected (status %s)", nc.Status())
-			}
-			return nil
-		}},
-		{Name: "consumer", Func: func() error {
-			if !queueOK.Load() {
-				return errors.New("consumer info unavailable")
-			}
-			return nil
-		}},
-		{Name: "graph_token", Func: func() error {
-			if cred.Ready() {
-				return nil
-			}
-			if err := cred.LastError(); err != nil {
-				return err
-			}
-			return errors.New("no token obtained yet")
-		}},
-		{Name: "worker", Func: w.Ready},
-	}
-	httpAddr, stopHTTP, err := serveHTTP(cfg.HTTPAddr, metrics.Handler(reg, checks, log), log)
-	if err != nil {
-		return err
-	}
-	defer stopHTTP()
-	if cfg.PprofAddr != "" {
-		_, stopPprof, err := serveHTTP(cfg.PprofAddr, metrics.PprofHandler(), log)
-		if err != nil {
-			return err
-		}
-		defer stopPprof()
-	}
 	if opts.started != nil {
 		opts.started(started{NATSURL: natsURL, HTTPAddr: httpAddr})
 	}
@@ -192,6 +218,7 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 	err = w.Run(runCtx)
 	stopRun(nil)
 	<-watchDone
+	stopHTTP()
 	if cause := context.Cause(runCtx); ctx.Err() == nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/reprocessor/reprocessor/graph/graphtest"
+	"github.com/reprocessor/reprocessor/queue"
 	"github.com/reprocessor/reprocessor/worker"
 )
 
@@ -376,4 +377,49 @@ func TestMetricsAgreeWithEvents(t *testing.T) {
 	if t.Failed() {
 		t.Logf("events %v\n%s", k, body)
 	}
+}
+
+// TestHealthBeforeNATS: the HTTP listener answers while NATS cannot be reached yet, alive
+// but not ready, and the worker gets going once NATS appears.
+func TestHealthBeforeNATS(t *testing.T) {
+	t.Parallel()
+	gt, err := graphtest.Start(graphtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gt.Close)
+	natsPort, httpPort := freePort(t), freePort(t)
+	e := testEnv(fmt.Sprintf("nats://127.0.0.1:%d", natsPort), gt)
+	e["REPROCESSOR_HTTP_ADDR"] = fmt.Sprintf("127.0.0.1:%d", httpPort)
+	cfg, _, err := LoadConfig(nil, e.get)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, _ := NewLogger(testWriter{t}, "debug", "text", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- runWorker(ctx, cfg, log, e.get, runOptions{graphHTTP: gt.Client()}) }()
+	defer func() { cancel(); <-done }()
+
+	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	waitUntil(t, "/healthz", 10*time.Second, func() bool {
+		resp, err := http.Get(base + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	if code, body := httpGet(t, base+"/readyz"); code != 503 || !strings.Contains(body, "nats:") {
+		t.Fatalf("/readyz without NATS = %d %q", code, body)
+	}
+	ns, err := queue.StartEmbedded(queue.EmbeddedConfig{Port: natsPort, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	waitUntil(t, "readiness once NATS is up", 30*time.Second, func() bool {
+		code, _ := httpGet(t, base+"/readyz")
+		return code == 200
+	})
 }
