@@ -92,6 +92,21 @@ type Limiter interface {
 	Wait(ctx context.Context) error
 }
 
+// RateFeedback is implemented by a Limiter that adapts its rate to Graph's answers (an
+// additive-increase, multiplicative-decrease limiter): the worker reports every answer.
+type RateFeedback interface {
+	// Succeeded reports an answer that was not throttling (any status but 429, 503, 504).
+	Succeeded()
+	// Throttled reports a 429, 503 or 504, with its Retry-After if it had one.
+	Throttled(retryAfter time.Duration, hasRetryAfter bool)
+}
+
+// PauseSharer tells the other replicas of a deployment about a Retry-After pause, so that
+// they pause too; the adapter calls Worker.PauseUntil on the replicas that hear of it.
+type PauseSharer interface {
+	SharePause(until time.Time)
+}
+
 // Observer receives what the worker does, for metrics. Implementations must be safe for
 // concurrent use and cheap.
 type Observer interface {

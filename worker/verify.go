@@ -128,6 +128,7 @@ func (w *Worker) precheck(ctx, work context.Context, d Delivery, req Request) st
 		return ""
 	}
 	a, resp, err := w.deps.States.GetAssignment(work, req.ID)
+	w.feedback(resp, classify(resp, err))
 	switch {
 	case err != nil:
 		w.logFor(d, req).Debug("precheck failed", "err", err)
@@ -135,18 +136,10 @@ func (w *Worker) precheck(ctx, work context.Context, d Delivery, req Request) st
 	case resp.Status == http.StatusNotFound:
 		return StateNotFound
 	case resp.Status/100 != 2:
-		w.noteThrottle(resp)
 		w.logFor(d, req).Debug("precheck failed", "status", resp.Status)
 		return ""
 	}
 	return a.State
-}
-
-// noteThrottle closes the throttle gate for a Retry-After on a 429, 503 or 504.
-func (w *Worker) noteThrottle(resp Response) {
-	if c := classify(resp, nil); c.verdict == verdictThrottled && resp.HasRetryAfter {
-		w.gate.pauseUntil(w.cfg.Now().Add(resp.RetryAfter))
-	}
 }
 
 // handleCheck runs one check: read the state, publish what changed, then settle the check
@@ -195,6 +188,7 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 		return
 	}
 	a, resp, err := w.deps.States.GetAssignment(work, c.AssignmentID)
+	w.feedback(resp, classify(resp, err))
 	for range resp.AuthRetries {
 		w.obs.Retry(RetryUnauthorized)
 	}
@@ -217,9 +211,6 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 			w.circuit.record(false, probe)
 			w.obs.Retry(cl.reason)
 			delay := w.cfg.Backoff.Delay(int(min(d.NumDelivered, 30)), resp, w.cfg.Rand)
-			if cl.verdict == verdictThrottled && resp.HasRetryAfter {
-				w.gate.pauseUntil(now.Add(delay))
-			}
 			w.handBack(m, d, max(delay, 100*time.Millisecond), cl.detail)
 			return
 		default: // another 4xx: the state cannot be read, so tracking ends here

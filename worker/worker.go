@@ -83,6 +83,7 @@ type Deps struct {
 	Limiter     Limiter      // nil: no rate limit
 	Observer    Observer     // nil: nothing observed
 	Hold        func() error // optional: while it returns an error, nothing is fetched (e.g. no Graph token yet)
+	Pauses      PauseSharer  // optional: shares Retry-After pauses with other replicas
 
 	// State tracking, required when Config.Verify.Enabled.
 	Checks    Source         // the verify work queue
@@ -154,6 +155,33 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 	obs.CircuitOpen(false)
 	obs.Throttled(false)
 	return w, nil
+}
+
+// PauseUntil pauses every Graph call of this process until t: another replica of the
+// deployment saw a Retry-After.
+func (w *Worker) PauseUntil(t time.Time) { w.gate.pauseUntil(t) }
+
+// feedback passes a Graph answer on to an adaptive limiter, and turns a Retry-After on a
+// 429, 503 or 504 into a pause of the whole process, shared with the other replicas.
+func (w *Worker) feedback(resp Response, c classification) {
+	if c.verdict == verdictCredential || (c.verdict == verdictRetry && resp.Status == 0) {
+		return // no answer from Graph: nothing to learn about its rate
+	}
+	throttled := c.verdict == verdictThrottled
+	if fb, ok := w.deps.Limiter.(RateFeedback); ok {
+		if throttled {
+			fb.Throttled(resp.RetryAfter, resp.HasRetryAfter)
+		} else {
+			fb.Succeeded()
+		}
+	}
+	if throttled && resp.HasRetryAfter {
+		until := w.cfg.Now().Add(resp.RetryAfter)
+		w.gate.pauseUntil(until)
+		if w.deps.Pauses != nil {
+			w.deps.Pauses.SharePause(until)
+		}
+	}
 }
 
 // Ready reports why the worker should not be sent traffic: the circuit is open, or Graph
@@ -375,6 +403,7 @@ func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began 
 			w.obs.Retry(RetryUnauthorized)
 		}
 		c := classify(resp, err)
+		w.feedback(resp, c)
 		if c.verdict == verdictCredential {
 			w.circuit.abandon(probe)
 			if !w.credDown.Swap(true) {
@@ -418,9 +447,6 @@ func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began 
 		w.obs.Retry(c.reason)
 		delay := w.cfg.Backoff.Delay(retries, resp, w.cfg.Rand)
 		now := w.cfg.Now()
-		if c.verdict == verdictThrottled && resp.HasRetryAfter {
-			w.gate.pauseUntil(now.Add(delay))
-		}
 		if now.Add(delay).After(deadline) {
 			if d.NumDelivered >= uint64(w.cfg.MaxDeliver) {
 				res.kind, res.code = KindFailed, CodeRetriesExhausted

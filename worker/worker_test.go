@@ -273,3 +273,77 @@ func TestShutdownFinishesInFlightAndHandsBackWaiting(t *testing.T) {
 		t.Fatalf("waiting message: acks=%d naks=%v", waiting.acks, waiting.naks)
 	}
 }
+
+// feedbackLimiter records what the worker tells an adaptive limiter.
+type feedbackLimiter struct {
+	mu                   sync.Mutex
+	succeeded, throttled int
+}
+
+func (l *feedbackLimiter) Wait(context.Context) error { return nil }
+func (l *feedbackLimiter) Succeeded()                 { l.mu.Lock(); l.succeeded++; l.mu.Unlock() }
+func (l *feedbackLimiter) Throttled(time.Duration, bool) {
+	l.mu.Lock()
+	l.throttled++
+	l.mu.Unlock()
+}
+
+type pauseRecorder struct {
+	mu     sync.Mutex
+	pauses []time.Time
+}
+
+func (p *pauseRecorder) SharePause(until time.Time) {
+	p.mu.Lock()
+	p.pauses = append(p.pauses, until)
+	p.mu.Unlock()
+}
+
+func TestFeedbackAndSharedPauses(t *testing.T) {
+	t.Parallel()
+	lim, pauses := &feedbackLimiter{}, &pauseRecorder{}
+	var mu sync.Mutex
+	calls := 0
+	src, sk := &fakeSource{ch: make(chan Message, 10)}, &sink{}
+	w, err := New(Config{Concurrency: 1, Backoff: Backoff{Initial: time.Millisecond, Max: time.Millisecond}}, Deps{
+		Source: src, Events: sk, DeadLetters: sk, Limiter: lim, Pauses: pauses,
+		Graph: graphFunc(func(ctx context.Context, id string) (Response, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			switch calls {
+			case 1:
+				return Response{Status: 429, HasRetryAfter: true, RetryAfter: 50 * time.Millisecond}, nil
+			case 2:
+				return Response{Status: 503}, nil
+			case 3:
+				return Response{}, fmt.Errorf("dial: %w", ErrNetwork)
+			}
+			return Response{Status: 202}, nil
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	src.ch <- &fakeMsg{d: Delivery{Data: []byte(guid(1)), Stream: "S", StreamSeq: 1, NumDelivered: 1, Timestamp: time.Now()}}
+	waitFor(t, "accepted", func() bool { return sk.kinds()[KindAccepted] == 1 })
+	lim.mu.Lock()
+	defer lim.mu.Unlock()
+	if lim.throttled != 2 || lim.succeeded != 1 {
+		t.Fatalf("limiter heard %d throttled and %d succeeded, want 2 and 1 (no answer is neither)", lim.throttled, lim.succeeded)
+	}
+	pauses.mu.Lock()
+	defer pauses.mu.Unlock()
+	if len(pauses.pauses) != 1 {
+		t.Fatalf("%d pauses shared, want 1 (only a Retry-After is shared)", len(pauses.pauses))
+	}
+	// A pause heard from another replica holds this one's calls.
+	w.PauseUntil(time.Now().Add(time.Hour))
+	if !w.gate.closed() {
+		t.Fatal("PauseUntil did not close the gate")
+	}
+}
