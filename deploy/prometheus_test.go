@@ -138,7 +138,7 @@ func TestPromtoolTestRules(t *testing.T) {
 
 // prometheusRuleHeader precedes the groups in kubernetes/base/prometheusrule.yaml.
 const prometheusRuleHeader = `# The alert rules of deploy/prometheus/alerts.yml for the Prometheus Operator. Keep the two
-# equal: TestPrometheusRuleMatchesAlerts in deploy/deploy_test.go compares them, and
+# equal: TestPrometheusRuleMatchesAlerts in deploy/prometheus_test.go compares them, and
 # ` + "`go test ./deploy -run TestPrometheusRuleMatchesAlerts -update`" + ` rewrites this file.
 apiVersion: monitoring.coreos.com/v1
 kind: PrometheusRule
