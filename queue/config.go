@@ -87,7 +87,10 @@ func (c Config) withDefaults() Config {
 	c.AckWait = cmp.Or(c.AckWait, DefaultAckWait)
 	c.MaxAckPending = cmp.Or(c.MaxAckPending, DefaultMaxAckPending)
 	c.FetchMaxWait = cmp.Or(c.FetchMaxWait, DefaultFetchMaxWait)
-	c.DuplicateWindow = cmp.Or(c.DuplicateWindow, DefaultDuplicateWindow)
+	if c.DuplicateWindow == 0 {
+		// Short-lived streams get a window that fits inside them.
+		c.DuplicateWindow = min(DefaultDuplicateWindow, c.EventsMaxAge, c.DLQMaxAge)
+	}
 	return c
 }
 

@@ -392,6 +392,23 @@ func (c Config) problems() []error {
 	if c.MaxAckPending != 0 && c.MaxAckPending < c.Concurrency {
 		bad("REPROCESSOR_MAX_ACK_PENDING", "must be 0 (derived from REPROCESSOR_CONCURRENCY) or at least REPROCESSOR_CONCURRENCY (%d), got %q", c.Concurrency, strconv.Itoa(c.MaxAckPending))
 	}
+	if c.AckWait > 0 && c.AckWait < time.Second {
+		bad("REPROCESSOR_ACK_WAIT", "must be at least 1s, got %q", formatDuration(c.AckWait))
+	}
+	var natsAuth []string
+	for _, v := range []struct{ env, value string }{
+		{"NATS_CREDS", c.NATSCreds}, {"NATS_NKEY", c.NATSNKey}, {"NATS_USER", c.NATSUser}, {"NATS_TOKEN", c.NATSToken},
+	} {
+		if v.value != "" {
+			natsAuth = append(natsAuth, v.env)
+		}
+	}
+	if len(natsAuth) > 1 {
+		bad(natsAuth[0], "set together with %s: choose one way to authenticate to NATS", strings.Join(natsAuth[1:], ", "))
+	}
+	if c.NATSPassword != "" && c.NATSUser == "" {
+		bad("NATS_PASSWORD", "set without NATS_USER")
+	}
 	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
 		bad("REPROCESSOR_STREAM_REPLICAS", "must be between 1 and 5, got %q", strconv.Itoa(c.StreamReplicas))
 	}
@@ -659,7 +676,7 @@ func (c *Config) settings() []setting {
 		{env: "REPROCESSOR_PRECHECK", help: "read assignment state before reprocess too", value: (*boolValue)(&c.Precheck)},
 
 		{env: "REPROCESSOR_ACK_WAIT", help: "JetStream ack wait of the consumers", value: (*durationValue)(&c.AckWait)},
-		{env: "REPROCESSOR_MAX_ACK_PENDING", help: "JetStream max ack pending; 0 is twice the concurrency", value: (*intValue)(&c.MaxAckPending)},
+		{env: "REPROCESSOR_MAX_ACK_PENDING", help: "JetStream max ack pending of the requests consumer; 0 is ten times the concurrency, at least 1000", value: (*intValue)(&c.MaxAckPending)},
 		{env: "REPROCESSOR_EVENTS_MAX_AGE", help: "max age of the events stream", value: (*durationValue)(&c.EventsMaxAge)},
 		{env: "REPROCESSOR_DLQ_MAX_AGE", help: "max age of the dead-letter stream", value: (*durationValue)(&c.DLQMaxAge)},
 		{env: "REPROCESSOR_STREAM_REPLICAS", help: "replicas of the streams, 1 to 5", value: (*intValue)(&c.StreamReplicas)},

@@ -112,13 +112,22 @@ func TestLoadConfigInstanceDefaultsToHostname(t *testing.T) {
 	}
 }
 
-func TestLoadConfigEveryVariable(t *testing.T) {
-	t.Parallel()
+// loadFull loads testdata/full.env, which sets every variable: it is valid but for the one
+// problem that every NATS authentication method is set at once.
+func loadFull(t *testing.T) Config {
+	t.Helper()
 	vars, _ := readEnvFile(t, filepath.Join("testdata", "full.env"))
 	cfg, _, err := LoadConfig(nil, vars.get)
-	if err != nil {
-		t.Fatalf("LoadConfig: %v", err)
+	const only = "NATS_CREDS: set together with NATS_NKEY, NATS_USER, NATS_TOKEN: choose one way to authenticate to NATS"
+	if err == nil || err.Error() != only {
+		t.Fatalf("LoadConfig(full.env) = %v, want only %q", err, only)
 	}
+	return cfg
+}
+
+func TestLoadConfigEveryVariable(t *testing.T) {
+	t.Parallel()
+	cfg := loadFull(t)
 	want := Config{
 		NATSURL:                 "nats://app:canary-nats-url-pw@nats-1.example.com:4222, tls://nats-2.example.com:4222",
 		NATSCreds:               "/etc/nats/app.creds",

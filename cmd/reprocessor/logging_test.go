@@ -91,11 +91,7 @@ func jsonEscape(s string) string {
 
 func TestNewLoggerRedactsConfigSecrets(t *testing.T) {
 	t.Parallel()
-	vars, _ := readEnvFile(t, "testdata/full.env")
-	cfg, _, err := LoadConfig(nil, vars.get)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := loadFull(t)
 	for _, format := range []string{"text", "json"} {
 		var buf bytes.Buffer
 		log, err := NewLogger(&buf, "info", format, cfg.Secrets())
