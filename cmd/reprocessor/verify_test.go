@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/json"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -236,5 +238,51 @@ func TestStateTrackingSurvivesKill(t *testing.T) {
 	}
 	if n := sys.streamCount("REPROCESS_VERIFY"); n != 0 {
 		t.Fatalf("%d checks left", n)
+	}
+}
+
+// TestEnqueueWaitSettled: enqueue --wait-settled follows the worker's real state tracking
+// and waits for each accepted id's final state_changed event, not the first one.
+func TestEnqueueWaitSettled(t *testing.T) {
+	t.Parallel()
+	sys := newSystem(t, graphtest.Options{})
+	all := ids(20, 24)
+	sys.gt.SetDefaultLifecycle(&graphtest.Lifecycle{Delivering: 1500 * time.Millisecond})
+	sys.gt.SetLifecycle(all[0], graphtest.Lifecycle{Delivering: 1500 * time.Millisecond, Final: "deliveryFailed"})
+	sys.startWorker(tracking)
+	dir := t.TempDir()
+	file := dir + "/ids.txt"
+	if err := os.WriteFile(file, []byte(strings.Join(all, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	report := dir + "/report.json"
+	code, out, errOut := sys.enqueue("--file", file, "--run-id", "settle-run", "--wait-settled", "--timeout", "1m", "--report", report)
+	if code != exitNotAllAccepted {
+		t.Fatalf("exit %d, want %d (one assignment ends deliveryFailed)\n%s\n%s", code, exitNotAllAccepted, out, errOut)
+	}
+	raw, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []struct {
+		AssignmentID string `json:"assignmentId"`
+		Outcome      string `json:"outcome"`
+		State        string `json:"state"`
+		Settled      *bool  `json:"settled"`
+	}
+	if err := json.Unmarshal(raw, &rows); err != nil {
+		t.Fatalf("report: %v\n%s", err, raw)
+	}
+	if len(rows) != len(all) {
+		t.Fatalf("%d report rows, want %d", len(rows), len(all))
+	}
+	for _, r := range rows {
+		want := "delivered"
+		if r.AssignmentID == all[0] {
+			want = "deliveryFailed"
+		}
+		if r.Outcome != "accepted" || r.State != want || r.Settled == nil || !*r.Settled {
+			t.Errorf("row %+v, want accepted, settled in %s", r, want)
+		}
 	}
 }
