@@ -1,0 +1,252 @@
+// Package ratelimit paces Microsoft Graph calls at a rate it discovers: Graph publishes no
+// limit for entitlement management, so an Adaptive limiter raises its rate while calls
+// succeed and cuts it when Graph throttles (additive increase, multiplicative decrease, as
+// TCP does), never above a ceiling. Replicas of one deployment share their cuts and split
+// the deployment's rate between them through the hooks of Adaptive (see queue.Control).
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Config tunes an Adaptive limiter. The zero value of every field but Ceiling means its
+// default.
+type Config struct {
+	// Ceiling is the highest rate, in calls per second, this process ever uses. Required.
+	Ceiling float64
+	// Initial is the rate to start from; default 10 calls/s or the ceiling if lower.
+	Initial float64
+	// Floor is the lowest rate; default 0.5 calls/s or the ceiling if lower.
+	Floor float64
+	// Step is the rate added after each second in which calls succeeded and the limit was in
+	// use, shared between the replicas (each adds Step / replicas); default 1/50 of the
+	// ceiling, at least 1 call/s.
+	Step float64
+	// Decrease is the factor applied on throttling; default 0.85. A sawtooth between
+	// Decrease·R and R averages (1+Decrease)/2·R, so 0.85 keeps about 92% of the limit.
+	Decrease float64
+	// Cooldown is the shortest time between two cuts, so that the answers to calls already
+	// in flight when the first 429 came do not cut again; default 1s.
+	Cooldown time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Logger receives a line when the rate changes by more than a fifth; default none.
+	Logger *slog.Logger
+	// OnChange, if set, receives every new rate (for a gauge). It is called with the
+	// limiter's lock held: it must be quick and must not call the limiter.
+	OnChange func(rate float64)
+	// OnCut, if set, receives the rate after a cut caused by this process's own throttled
+	// answer (to tell the other replicas). It must not block.
+	OnCut func(rate float64)
+}
+
+func (c Config) withDefaults() Config {
+	if c.Initial == 0 {
+		c.Initial = min(10, c.Ceiling)
+	}
+	if c.Floor == 0 {
+		c.Floor = min(0.5, c.Ceiling)
+	}
+	if c.Step == 0 {
+		c.Step = max(1, c.Ceiling/50)
+	}
+	if c.Decrease == 0 {
+		c.Decrease = 0.85
+	}
+	if c.Cooldown == 0 {
+		c.Cooldown = time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	positive := func(name string, v float64) {
+		if !(v > 0) || math.IsInf(v, 0) {
+			errs = append(errs, fmt.Errorf("%s must be a positive number, got %g", name, v))
+		}
+	}
+	positive("ceiling", c.Ceiling)
+	positive("initial rate", c.Initial)
+	positive("floor", c.Floor)
+	positive("step", c.Step)
+	if !(c.Decrease > 0 && c.Decrease < 1) {
+		errs = append(errs, fmt.Errorf("decrease must be between 0 and 1, got %g", c.Decrease))
+	}
+	if c.Floor > c.Ceiling {
+		errs = append(errs, fmt.Errorf("floor %g is above the ceiling %g", c.Floor, c.Ceiling))
+	}
+	if c.Cooldown < 0 {
+		errs = append(errs, fmt.Errorf("cooldown must not be negative, got %s", c.Cooldown))
+	}
+	return errors.Join(errs...)
+}
+
+// Adaptive is a rate limiter whose rate follows Graph's answers. It satisfies the worker's
+// Limiter and RateFeedback. Until the first throttled answer it doubles its rate every
+// second of use (a slow start, so that a fresh process finds a high limit in a few seconds
+// rather than minutes); after that it adds Config.Step per second. It is safe for
+// concurrent use.
+type Adaptive struct {
+	cfg Config
+	lim *rate.Limiter
+
+	mu         sync.Mutex
+	rate       float64
+	replicas   int       // live replicas sharing the deployment's rate, this one included
+	slowStart  bool      // no throttling seen yet: double rather than add
+	windowFrom time.Time // start of the current second of successes
+	successes  int       // successes since windowFrom
+	lastCut    time.Time
+	logged     float64 // the rate last logged
+}
+
+// New returns an Adaptive limiter at its initial rate.
+func New(cfg Config) (*Adaptive, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("adaptive rate: %w", err)
+	}
+	r := clamp(cfg.Initial, cfg.Floor, cfg.Ceiling)
+	a := &Adaptive{
+		cfg:        cfg,
+		lim:        rate.NewLimiter(rate.Limit(r), burst(r)),
+		rate:       r,
+		replicas:   1,
+		slowStart:  true,
+		windowFrom: cfg.Now(),
+		logged:     r,
+	}
+	if cfg.OnChange != nil {
+		cfg.OnChange(r)
+	}
+	return a, nil
+}
+
+// Wait blocks until a call may be made, or ctx is done.
+func (a *Adaptive) Wait(ctx context.Context) error { return a.lim.Wait(ctx) }
+
+// Rate returns the current rate in calls per second.
+func (a *Adaptive) Rate() float64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.rate
+}
+
+// Succeeded reports an answer that was not throttling. After each second in which at
+// least half the rate's calls succeeded (the limit was in use, not idle), the rate grows.
+func (a *Adaptive) Succeeded() {
+	a.mu.Lock()
+	now := a.cfg.Now()
+	a.successes++
+	elapsed := now.Sub(a.windowFrom)
+	if elapsed < time.Second {
+		a.mu.Unlock()
+		return
+	}
+	inUse := float64(a.successes) >= a.rate*elapsed.Seconds()/2
+	a.windowFrom, a.successes = now, 0
+	if !inUse {
+		a.mu.Unlock()
+		return
+	}
+	next := a.rate + a.cfg.Step/float64(a.replicas)
+	if a.slowStart {
+		next = 2 * a.rate
+	}
+	a.setLocked(next, "raised")
+}
+
+// Throttled reports a 429, 503 or 504. The rate is cut at most once per cooldown.
+func (a *Adaptive) Throttled(time.Duration, bool) {
+	if r, cut := a.cut("cut: Graph throttled"); cut && a.cfg.OnCut != nil {
+		a.cfg.OnCut(r)
+	}
+}
+
+// PeerThrottled cuts the rate because another replica of the deployment was throttled,
+// at most once per cooldown like a throttled answer of its own.
+func (a *Adaptive) PeerThrottled() { a.cut("cut: another replica was throttled") }
+
+func (a *Adaptive) cut(why string) (float64, bool) {
+	a.mu.Lock()
+	now := a.cfg.Now()
+	a.slowStart = false
+	if !a.lastCut.IsZero() && now.Sub(a.lastCut) < a.cfg.Cooldown {
+		a.mu.Unlock()
+		return 0, false
+	}
+	a.lastCut = now
+	a.windowFrom, a.successes = now, 0
+	r := a.setLocked(a.rate*a.cfg.Decrease, why)
+	return r, true
+}
+
+// SetReplicas tells the limiter how many live replicas share the deployment's rate, this
+// one included. When the number changes, the rate is scaled by old/new so that the
+// deployment's total stays where it was: a replica joining takes its share from the others,
+// one leaving hands its share to them.
+func (a *Adaptive) SetReplicas(n int) {
+	n = max(n, 1)
+	a.mu.Lock()
+	if n == a.replicas {
+		a.mu.Unlock()
+		return
+	}
+	old := a.replicas
+	a.replicas = n
+	a.setLocked(a.rate*float64(old)/float64(n), fmt.Sprintf("replicas %d -> %d", old, n))
+}
+
+// Adopt sets the rate to a share of a deployment rate already discovered by the other
+// replicas, and ends the slow start: a replica that starts late does not probe again.
+func (a *Adaptive) Adopt(share float64) {
+	if !(share > 0) {
+		return
+	}
+	a.mu.Lock()
+	a.slowStart = false
+	a.setLocked(share, "adopted the deployment's rate")
+}
+
+// setLocked sets the rate, unlocks, and reports the change. It returns the rate set.
+func (a *Adaptive) setLocked(r float64, why string) float64 {
+	r = clamp(r, a.cfg.Floor, a.cfg.Ceiling)
+	changed := r != a.rate
+	a.rate = r
+	var logIt bool
+	var from float64
+	if changed {
+		a.lim.SetLimitAt(a.cfg.Now(), rate.Limit(r))
+		a.lim.SetBurstAt(a.cfg.Now(), burst(r))
+		if math.Abs(r-a.logged) > a.logged/5 {
+			logIt, from, a.logged = true, a.logged, r
+		}
+	}
+	if changed && a.cfg.OnChange != nil {
+		a.cfg.OnChange(r) // under the lock, so that the last value reported is the rate
+	}
+	a.mu.Unlock()
+	if logIt && a.cfg.Logger != nil {
+		a.cfg.Logger.Info("Graph call rate changed", "from", round(from), "to", round(r), "why", why)
+	}
+	return r
+}
+
+// burst allows a tenth of a second's calls at once, at least one.
+func burst(r float64) int { return max(1, int(r/10)) }
+
+func clamp(v, lo, hi float64) float64 { return max(lo, min(hi, v)) }
+
+func round(v float64) float64 { return math.Round(v*100) / 100 }

@@ -1,0 +1,218 @@
+package ratelimit
+
+import (
+	"context"
+	"math"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// clock is a settable clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func setup(t *testing.T, cfg Config) (*Adaptive, *clock, *[]float64) {
+	t.Helper()
+	c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	var changes []float64
+	cfg.Now = c.now
+	cfg.OnChange = func(r float64) { changes = append(changes, r) }
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, c, &changes
+}
+
+// succeed reports n successes spread over d.
+func succeed(a *Adaptive, c *clock, n int, d time.Duration) {
+	start := c.now()
+	for i := 1; i <= n; i++ {
+		c.mu.Lock()
+		c.t = start.Add(d * time.Duration(i) / time.Duration(n))
+		c.mu.Unlock()
+		a.Succeeded()
+	}
+}
+
+func near(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
+
+func TestSlowStartThenAdditive(t *testing.T) {
+	t.Parallel()
+	a, c, _ := setup(t, Config{Ceiling: 1000, Initial: 10, Step: 20})
+	succeed(a, c, 10, time.Second) // a second at the full rate: doubles
+	if got := a.Rate(); !near(got, 20) {
+		t.Fatalf("after a busy second: %v, want 20", got)
+	}
+	succeed(a, c, 20, time.Second)
+	if got := a.Rate(); !near(got, 40) {
+		t.Fatalf("after two busy seconds: %v, want 40", got)
+	}
+	a.Throttled(0, false)
+	if got := a.Rate(); !near(got, 34) {
+		t.Fatalf("after a 429: %v, want 34 (x0.85)", got)
+	}
+	succeed(a, c, 34, time.Second)
+	if got := a.Rate(); !near(got, 54) {
+		t.Fatalf("after a busy second past the slow start: %v, want 54 (+20)", got)
+	}
+}
+
+func TestIdleSecondsDoNotRaise(t *testing.T) {
+	t.Parallel()
+	a, c, _ := setup(t, Config{Ceiling: 1000, Initial: 100})
+	succeed(a, c, 10, 3*time.Second) // 10 calls in 3s: the limit of 100/s is not in use
+	if got := a.Rate(); got != 100 {
+		t.Fatalf("rate %v after idle seconds, want 100", got)
+	}
+}
+
+func TestConcurrencyDoesNotInflateTheIncrease(t *testing.T) {
+	t.Parallel()
+	a, c, _ := setup(t, Config{Ceiling: 1000, Initial: 100, Step: 5})
+	a.Throttled(0, false) // end the slow start: 85; a second of successes starts now
+	// 1000 successes within one second (many calls in flight) raise the rate once.
+	succeed(a, c, 1000, 999*time.Millisecond)
+	c.add(time.Millisecond)
+	a.Succeeded()
+	if got := a.Rate(); !near(got, 90) {
+		t.Fatalf("rate %v, want 90: one step per second, not per call", got)
+	}
+}
+
+func TestBurstOfThrottlesCutsOncePerCooldown(t *testing.T) {
+	t.Parallel()
+	a, c, _ := setup(t, Config{Ceiling: 1000, Initial: 200, Decrease: 0.5})
+	for range 50 { // the answers to calls that were in flight when the limit was hit
+		a.Throttled(2*time.Second, true)
+		c.add(10 * time.Millisecond)
+	}
+	if got := a.Rate(); !near(got, 100) {
+		t.Fatalf("rate %v after a burst of 429s within 0.5s, want one cut to 100", got)
+	}
+	c.add(time.Second)
+	a.Throttled(0, false)
+	if got := a.Rate(); !near(got, 50) {
+		t.Fatalf("rate %v after a 429 past the cooldown, want 50", got)
+	}
+}
+
+func TestFloorAndCeiling(t *testing.T) {
+	t.Parallel()
+	a, c, _ := setup(t, Config{Ceiling: 30, Initial: 20, Floor: 2})
+	for range 5 {
+		succeed(a, c, 100, time.Second)
+	}
+	if got := a.Rate(); got != 30 {
+		t.Fatalf("rate %v, want the ceiling 30", got)
+	}
+	for range 50 {
+		c.add(2 * time.Second)
+		a.Throttled(0, false)
+	}
+	if got := a.Rate(); got != 2 {
+		t.Fatalf("rate %v, want the floor 2", got)
+	}
+}
+
+func TestOnCutOnlyForOwnThrottling(t *testing.T) {
+	t.Parallel()
+	var cuts []float64
+	c := &clock{t: time.Unix(0, 0)}
+	a, err := New(Config{Ceiling: 100, Initial: 100, Decrease: 0.5, Now: c.now, OnCut: func(r float64) { cuts = append(cuts, r) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.PeerThrottled()
+	if got := a.Rate(); got != 50 || len(cuts) != 0 {
+		t.Fatalf("peer cut: rate %v, OnCut %v; want 50 and no OnCut", got, cuts)
+	}
+	a.Throttled(0, false) // within the cooldown of the peer's cut: the same episode
+	if len(cuts) != 0 {
+		t.Fatalf("OnCut %v within the cooldown", cuts)
+	}
+	c.add(time.Second)
+	a.Throttled(0, false)
+	if len(cuts) != 1 || cuts[0] != 25 {
+		t.Fatalf("OnCut %v, want [25]", cuts)
+	}
+}
+
+func TestReplicasConserveTheDeploymentRate(t *testing.T) {
+	t.Parallel()
+	a, c, changes := setup(t, Config{Ceiling: 1000, Initial: 90, Step: 30})
+	a.SetReplicas(3) // two others joined: this one keeps a third
+	if got := a.Rate(); !near(got, 30) {
+		t.Fatalf("rate %v with 3 replicas, want 30", got)
+	}
+	a.Throttled(0, false) // 25.5, slow start over
+	c.add(2 * time.Second)
+	a.windowFrom = c.now()
+	succeed(a, c, 26, time.Second)
+	if got := a.Rate(); !near(got, 35.5) {
+		t.Fatalf("rate %v, want 25.5 + 30/3", got)
+	}
+	a.SetReplicas(2) // one left: its share comes to the others
+	if got := a.Rate(); !near(got, 35.5*3/2) {
+		t.Fatalf("rate %v with 2 replicas, want %v", got, 35.5*3/2)
+	}
+	if last := (*changes)[len(*changes)-1]; !near(last, a.Rate()) {
+		t.Fatalf("OnChange last %v, rate %v", last, a.Rate())
+	}
+}
+
+func TestAdoptEndsSlowStart(t *testing.T) {
+	t.Parallel()
+	a, c, _ := setup(t, Config{Ceiling: 1000, Initial: 10, Step: 10})
+	a.Adopt(60)
+	succeed(a, c, 60, time.Second)
+	if got := a.Rate(); !near(got, 70) {
+		t.Fatalf("rate %v, want 60 + 10 (no doubling after adopting)", got)
+	}
+}
+
+func TestWaitPaces(t *testing.T) {
+	t.Parallel()
+	a, err := New(Config{Ceiling: 1000, Initial: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range 100 { // the burst, then a canceled wait fails
+		if err := a.Wait(ctx); err != nil {
+			return
+		}
+	}
+	t.Fatal("Wait never refused with a canceled context past the burst")
+}
+
+func TestConfigErrors(t *testing.T) {
+	t.Parallel()
+	for _, cfg := range []Config{
+		{},
+		{Ceiling: math.Inf(1)},
+		{Ceiling: 10, Floor: 20},
+		{Ceiling: 10, Decrease: 1.5},
+		{Ceiling: 10, Step: -1},
+		{Ceiling: 10, Cooldown: -time.Second},
+	} {
+		if _, err := New(cfg); err == nil {
+			t.Errorf("New(%+v): no error", cfg)
+		}
+	}
+}
