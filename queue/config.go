@@ -1,7 +1,8 @@
 // Package queue adapts NATS JetStream to the worker: it creates or binds the request,
 // event and dead-letter streams and the durable pull consumer, fetches request messages,
-// publishes events and dead letters, connects to NATS with the NATS CLI's variables, and
-// runs an embedded JetStream server for single-machine use.
+// publishes events and dead letters, connects to NATS with the NATS CLI's variables, runs
+// an embedded JetStream server for single-machine use, and shares throttling and the
+// discovered Graph rate between the replicas of a deployment (Control).
 package queue
 
 import (

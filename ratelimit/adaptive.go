@@ -250,3 +250,10 @@ func burst(r float64) int { return max(1, int(r/10)) }
 func clamp(v, lo, hi float64) float64 { return max(lo, min(hi, v)) }
 
 func round(v float64) float64 { return math.Round(v*100) / 100 }
+
+// Discovered reports whether throttling has shaped the rate (the slow start is over).
+func (a *Adaptive) Discovered() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return !a.slowStart
+}

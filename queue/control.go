@@ -1,0 +1,314 @@
+package queue
+
+import (
+	"cmp"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// SharedRate is the part of an adaptive rate limiter (ratelimit.Adaptive) that the replicas
+// of a deployment coordinate.
+type SharedRate interface {
+	// Rate returns this replica's current rate in calls per second.
+	Rate() float64
+	// Discovered reports whether the rate has been shaped by throttling (the slow start
+	// is over), so that a replica starting late may adopt it.
+	Discovered() bool
+	// PeerThrottled cuts the rate because another replica was throttled.
+	PeerThrottled()
+	// SetReplicas says how many live replicas share the deployment's rate.
+	SetReplicas(n int)
+	// Adopt sets the rate to this replica's share of the deployment's discovered rate.
+	Adopt(share float64)
+}
+
+// ControlConfig configures a Control.
+type ControlConfig struct {
+	// Prefix is the subject prefix of the deployment (DefaultPrefix when empty); control
+	// messages go to <prefix>.control.throttle and <prefix>.control.replicas.
+	Prefix string
+	// Instance names this replica in logs.
+	Instance string
+	// Interval between heartbeats; a replica silent for three intervals is counted gone.
+	// Default 1s.
+	Interval time.Duration
+	// Rate is this replica's adaptive limiter; nil when the rate is fixed, and then only
+	// pauses are shared.
+	Rate SharedRate
+	// Pause applies a pause heard from another replica (worker.Worker.PauseUntil).
+	Pause  func(until time.Time)
+	Logger *slog.Logger
+	Now    func() time.Time // default time.Now
+}
+
+// Control shares throttling between the replicas of one deployment over core NATS, so that
+// together they stay under Graph's limit:
+//
+//   - a Retry-After seen by one replica is published on <prefix>.control.throttle and every
+//     replica pauses until it passes;
+//   - a cut of the adaptive rate (a throttled answer) is published there too, and every
+//     replica cuts its own rate once (the limiter's cooldown makes one throttling episode
+//     one cut, however many replicas saw 429s);
+//   - every replica publishes a heartbeat on <prefix>.control.replicas each interval with
+//     its rate and any pause in force. Each counts the live replicas N and holds 1/N of the
+//     deployment's rate: increases are divided by N, and when N changes each scales its
+//     rate by old/new N, so the deployment's total is kept when a replica joins or dies.
+//   - a replica that starts announces itself; the others answer at once with a heartbeat,
+//     so it learns within a round trip of a pause in force and of the rate the others have
+//     discovered, and takes its share of that rather than probing from the start.
+//
+// The alternative, a JetStream key-value bucket holding the deployment's rate, needs a
+// writable stream that must itself survive a leader election, and read-modify-write races
+// between replicas; plain subjects need no storage and carry one small message per replica
+// per second. The cost is that state lives only in the running replicas: when all of them
+// stop, the next start probes again.
+type Control struct {
+	cfg     ControlConfig
+	nc      *nats.Conn
+	id      string
+	throttl string // subject of pauses and cuts
+	beats   string // subject of heartbeats
+
+	mu          sync.Mutex
+	peers       map[string]peer
+	pausedUntil time.Time // the latest pause shared or heard
+	adopted     bool
+	started     time.Time
+
+	sub       *nats.Subscription
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+type peer struct {
+	seen       time.Time
+	rate       float64
+	discovered bool
+}
+
+// controlMsg is one control message. Durations, not instants, cross the wire, so that
+// clocks need not agree.
+type controlMsg struct {
+	Kind       string  `json:"kind"` // pause, cut, beat, hello, bye
+	ID         string  `json:"id"`
+	Instance   string  `json:"instance,omitempty"`
+	Rate       float64 `json:"rate,omitempty"`
+	Discovered bool    `json:"discovered,omitempty"`
+	PauseMS    int64   `json:"pauseMs,omitempty"` // a pause in force for this much longer
+}
+
+// StartControl subscribes to the deployment's control subjects, announces this replica and
+// starts its heartbeats. Close stops them.
+func StartControl(nc *nats.Conn, cfg ControlConfig) (*Control, error) {
+	if cfg.Pause == nil {
+		return nil, errors.New("control: Pause is required")
+	}
+	cfg.Interval = cmp.Or(cfg.Interval, time.Second)
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	prefix := cmp.Or(cfg.Prefix, DefaultPrefix)
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	c := &Control{
+		cfg:     cfg,
+		nc:      nc,
+		id:      hex.EncodeToString(b[:]),
+		throttl: prefix + ".control.throttle",
+		beats:   prefix + ".control.replicas",
+		peers:   make(map[string]peer),
+		started: cfg.Now(),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	sub, err := nc.Subscribe(prefix+".control.*", c.receive)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to %s.control.*: %w", prefix, err)
+	}
+	c.sub = sub
+	if err := nc.Flush(); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("control subscription: %w", err)
+	}
+	c.publish(c.beats, controlMsg{Kind: "hello"})
+	go c.heartbeat()
+	return c, nil
+}
+
+// SharePause tells the other replicas to pause until the given time (a Retry-After). A
+// pause that ends no later than one already shared or heard is not published again, so a
+// burst of 429s makes one message.
+func (c *Control) SharePause(until time.Time) {
+	now := c.cfg.Now()
+	c.mu.Lock()
+	if !until.After(c.pausedUntil.Add(50 * time.Millisecond)) {
+		c.mu.Unlock()
+		return
+	}
+	c.pausedUntil = until
+	c.mu.Unlock()
+	c.publish(c.throttl, controlMsg{Kind: "pause", PauseMS: max(until.Sub(now).Milliseconds(), 1)})
+}
+
+// ShareCut tells the other replicas that this one cut its rate on a throttled answer
+// (ratelimit.Config.OnCut).
+func (c *Control) ShareCut(float64) { c.publish(c.throttl, controlMsg{Kind: "cut"}) }
+
+// Replicas returns the number of live replicas, this one included.
+func (c *Control) Replicas() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return 1 + len(c.peers)
+}
+
+// Close says goodbye, so that the others take over this replica's share at once, and stops.
+// Calling it again does nothing.
+func (c *Control) Close() {
+	c.closeOnce.Do(func() {
+		close(c.stop)
+		<-c.done
+		c.publish(c.beats, controlMsg{Kind: "bye"})
+		_ = c.sub.Unsubscribe()
+	})
+}
+
+func (c *Control) publish(subject string, m controlMsg) {
+	m.ID, m.Instance = c.id, c.cfg.Instance
+	data, err := json.Marshal(m)
+	if err != nil {
+		return
+	}
+	if err := c.nc.Publish(subject, data); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		c.cfg.Logger.Debug("control message not published", "subject", subject, "err", err)
+	}
+}
+
+func (c *Control) receive(msg *nats.Msg) {
+	var m controlMsg
+	if err := json.Unmarshal(msg.Data, &m); err != nil || m.ID == "" || m.ID == c.id {
+		return
+	}
+	now := c.cfg.Now()
+	if m.PauseMS > 0 {
+		until := now.Add(time.Duration(m.PauseMS) * time.Millisecond)
+		c.mu.Lock()
+		later := until.After(c.pausedUntil)
+		if later {
+			c.pausedUntil = until
+		}
+		c.mu.Unlock()
+		if later {
+			c.cfg.Pause(until)
+			if m.Kind == "pause" {
+				c.cfg.Logger.Debug("pausing Graph calls: another replica was told to retry later", "replica", m.Instance, "for", time.Duration(m.PauseMS)*time.Millisecond)
+			}
+		}
+	}
+	switch m.Kind {
+	case "cut":
+		if c.cfg.Rate != nil {
+			c.cfg.Rate.PeerThrottled()
+		}
+	case "hello", "beat":
+		c.mu.Lock()
+		_, known := c.peers[m.ID]
+		c.peers[m.ID] = peer{seen: now, rate: m.Rate, discovered: m.Discovered}
+		c.mu.Unlock()
+		if !known {
+			c.cfg.Logger.Info("replica joined", "replica", m.Instance)
+			c.update()
+		}
+		if m.Kind == "hello" {
+			c.beat() // answer at once, so that it learns the rate and any pause
+		}
+	case "bye":
+		c.mu.Lock()
+		_, known := c.peers[m.ID]
+		delete(c.peers, m.ID)
+		c.mu.Unlock()
+		if known {
+			c.cfg.Logger.Info("replica left", "replica", m.Instance)
+			c.update()
+		}
+	}
+}
+
+// update tells the limiter how many replicas are live and, once, adopts the share of the
+// rate the others discovered.
+func (c *Control) update() {
+	if c.cfg.Rate == nil {
+		return
+	}
+	c.mu.Lock()
+	n := 1 + len(c.peers)
+	var total float64
+	var discovered bool
+	for _, p := range c.peers {
+		total += p.rate
+		discovered = discovered || p.discovered
+	}
+	adopt := !c.adopted && discovered && c.cfg.Now().Sub(c.started) < 3*c.cfg.Interval
+	if discovered {
+		c.adopted = true // only a replica that has just started adopts
+	}
+	c.mu.Unlock()
+	c.cfg.Rate.SetReplicas(n)
+	if adopt {
+		// The others scale themselves by (n-1)/n when they count this replica.
+		c.cfg.Rate.Adopt(total / float64(n))
+	}
+}
+
+func (c *Control) beat() {
+	m := controlMsg{Kind: "beat"}
+	if c.cfg.Rate != nil {
+		m.Rate, m.Discovered = c.cfg.Rate.Rate(), c.cfg.Rate.Discovered()
+	}
+	now := c.cfg.Now()
+	c.mu.Lock()
+	if left := c.pausedUntil.Sub(now); left > 0 {
+		m.PauseMS = max(left.Milliseconds(), 1)
+	}
+	c.mu.Unlock()
+	c.publish(c.beats, m)
+}
+
+func (c *Control) heartbeat() {
+	defer close(c.done)
+	t := time.NewTicker(c.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		c.beat()
+		now := c.cfg.Now()
+		var gone []string
+		c.mu.Lock()
+		for id, p := range c.peers {
+			if now.Sub(p.seen) > 3*c.cfg.Interval {
+				delete(c.peers, id)
+				gone = append(gone, id)
+			}
+		}
+		c.mu.Unlock()
+		if len(gone) > 0 {
+			c.cfg.Logger.Info("replicas silent, counted gone", "count", len(gone))
+		}
+		c.update()
+	}
+}
