@@ -474,11 +474,7 @@ func TestFormatDuration(t *testing.T) {
 
 func TestSummary(t *testing.T) {
 	t.Parallel()
-	vars, _ := readEnvFile(t, filepath.Join("testdata", "full.env"))
-	cfg, _, err := LoadConfig(nil, vars.get)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := loadFull(t)
 	got := map[string]string{}
 	var keys []string
 	for _, a := range cfg.Summary() {
@@ -550,11 +546,7 @@ func assertNoCanary(t *testing.T, what, text string, canaries ...string) {
 
 func TestSecretsNeverShown(t *testing.T) {
 	t.Parallel()
-	vars, _ := readEnvFile(t, filepath.Join("testdata", "full.env"))
-	cfg, _, err := LoadConfig(nil, vars.get)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := loadFull(t)
 	var summary strings.Builder
 	for _, a := range cfg.Summary() {
 		fmt.Fprintf(&summary, "%s=%s\n", a.Key, a.Value)
@@ -580,6 +572,7 @@ func TestSecretsNeverShown(t *testing.T) {
 	}
 
 	// Validation errors, with every secret set and other settings wrong.
+	vars, _ := readEnvFile(t, filepath.Join("testdata", "full.env"))
 	bad := env{}
 	for k, v := range vars {
 		bad[k] = v
@@ -588,7 +581,7 @@ func TestSecretsNeverShown(t *testing.T) {
 	bad["REPROCESSOR_LOG_LEVEL"] = "canary-azure-secret"
 	bad["NATS_URL"] = "http://user:canary-nats-url-pw@host:80"
 	bad["AZURE_AUTHORITY_HOST"] = "http://x:canary-nats-password@login.example.com"
-	_, _, err = LoadConfig([]string{"--rate", "canary-nats-token"}, bad.get)
+	_, _, err := LoadConfig([]string{"--rate", "canary-nats-token"}, bad.get)
 	if err == nil {
 		t.Fatal("no error")
 	}
