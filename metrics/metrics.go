@@ -74,6 +74,7 @@ type Metrics struct {
 	throttled     prometheus.Gauge
 	throttleWait  prometheus.Counter
 	rateLimitWait prometheus.Observer
+	rateLimit     prometheus.Gauge
 	inFlight      prometheus.Gauge
 
 	eventsPublished      *labelled[prometheus.Counter]
@@ -148,6 +149,11 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		Help:      "Time in seconds a Graph call waited for the process-wide rate limiter.",
 		Buckets:   rateLimitWaitBuckets,
 	})
+	rateLimit := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace,
+		Name:      "rate_limit_current",
+		Help:      "The process's Graph call rate limit in calls per second, as REPROCESSOR_RATE=auto has adapted it or as fixed; 0 when unlimited.",
+	})
 	inFlight := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace,
 		Name:      "in_flight",
@@ -207,7 +213,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 
 	reg.MustRegister(
 		received, queueWait, completed, processing, deadLettered, retries,
-		throttled, throttleWait, rateLimitWait, inFlight,
+		throttled, throttleWait, rateLimitWait, rateLimit, inFlight,
 		eventsPublished, eventPublishFailures, circuitOpen, lastSuccess,
 		graphRequests, graphDuration, queuePending, queueAckPending, stateChanges, buildInfo,
 	)
@@ -231,6 +237,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		throttled:            throttled,
 		throttleWait:         throttleWait,
 		rateLimitWait:        rateLimitWait,
+		rateLimit:            rateLimit,
 		inFlight:             inFlight,
 		eventsPublished:      newLabelled(eventsPublished.WithLabelValues, worker.EventKinds),
 		eventPublishFailures: eventPublishFailures,
@@ -294,6 +301,9 @@ func (m *Metrics) ThrottleWait(d time.Duration) {
 
 // RateLimitWait records the time a Graph call waited for the rate limiter.
 func (m *Metrics) RateLimitWait(d time.Duration) { m.rateLimitWait.Observe(seconds(d)) }
+
+// SetRateLimit sets the current rate limit in calls per second; 0 means unlimited.
+func (m *Metrics) SetRateLimit(callsPerSecond float64) { m.rateLimit.Set(max(callsPerSecond, 0)) }
 
 // InFlight adds delta to the number of messages being processed.
 func (m *Metrics) InFlight(delta int) { m.inFlight.Add(float64(delta)) }

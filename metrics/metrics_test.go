@@ -42,6 +42,7 @@ func exerciseAll(m *Metrics) {
 	m.ThrottleWait(2 * time.Second)
 	m.ThrottleWait(-time.Second)
 	m.RateLimitWait(3 * time.Millisecond)
+	m.SetRateLimit(42.5)
 	m.InFlight(1)
 	for _, k := range append(worker.EventKinds, "bogus") {
 		m.EventPublished(k)
@@ -73,6 +74,7 @@ func TestNewExportsEverySeries(t *testing.T) {
 		"reprocessor_throttled":                      1,
 		"reprocessor_throttle_wait_seconds_total":    1,
 		"reprocessor_rate_limit_wait_seconds":        1,
+		"reprocessor_rate_limit_current":             1,
 		"reprocessor_in_flight":                      1,
 		"reprocessor_queue_wait_seconds":             1,
 		"reprocessor_processing_duration_seconds":    len(worker.Outcomes),
