@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net/http"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestDemo runs the demo as a user would, with nothing configured, until its sample ids
+// are settled and tracked.
+func TestDemo(t *testing.T) {
+	t.Parallel()
+	var out, errOut syncBuffer
+	env := env{"REPROCESSOR_HTTP_ADDR": "127.0.0.1:0"}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	code := run(ctx, []string{"demo", "--ids", "25", "--per-second", "50"}, env.get, &out, &errOut)
+	if code != exitOK {
+		t.Fatalf("demo exited %d\n%s\n%s", code, out.String(), errOut.String())
+	}
+	text := out.String()
+	for _, want := range []string{"simulated Graph at https://127.0.0.1:", "embedded NATS at nats://127.0.0.1:", "metrics at http://127.0.0.1:",
+		" accepted ", " rejected ", "published 25", "state_changed", "(settled)", "demo stopped cleanly"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(text)
+	}
+}
+
+// TestFakeGraph serves the simulated Graph alone and checks that what it prints points a
+// client at it: the CA file, the authority and the credentials.
+func TestFakeGraph(t *testing.T) {
+	t.Parallel()
+	var out, errOut syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	dir := t.TempDir()
+	go func() { done <- run(ctx, []string{"fake-graph", "--ca-dir", dir}, env{}.get, &out, &errOut) }()
+	exports := map[string]string{}
+	re := regexp.MustCompile(`(?m)^export ([A-Z_]+)="([^"]*)"$`)
+	waitUntil(t, "the settings", 10*time.Second, func() bool {
+		for _, m := range re.FindAllStringSubmatch(out.String(), -1) {
+			exports[m[1]] = m[2]
+		}
+		return strings.Contains(out.String(), "reprocessor run")
+	})
+	for _, k := range []string{"AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_AUTHORITY_HOST", "SSL_CERT_FILE", "REPROCESSOR_GRAPH_URL"} {
+		if exports[k] == "" {
+			t.Fatalf("%s not printed:\n%s", k, out.String())
+		}
+	}
+	pem, err := os.ReadFile(exports["SSL_CERT_FILE"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		t.Fatal("the CA file holds no certificate")
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	defer client.CloseIdleConnections()
+	authority := strings.TrimRight(exports["AZURE_AUTHORITY_HOST"], "/")
+	resp, err := client.Get(authority + "/" + exports["AZURE_TENANT_ID"] + "/v2.0/.well-known/openid-configuration")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("openid-configuration: %d", resp.StatusCode)
+	}
+	cancel()
+	if code := <-done; code != exitOK {
+		t.Fatalf("fake-graph exited %d: %s", code, errOut.String())
+	}
+}
+
+func TestCommandErrors(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		env  env
+		code int
+		want string
+	}{
+		{nil, env{}, exitUsage, "a command is required"},
+		{[]string{"frobnicate"}, env{}, exitUsage, `unknown command "frobnicate"`},
+		{[]string{"run", "extra"}, env{}, exitUsage, `unexpected arguments ["extra"]`},
+		{[]string{"run"}, env{"REPROCESSOR_CONCURRENCY": "0"}, exitUsage, "REPROCESSOR_CONCURRENCY: must be between 1 and 10000"},
+		{[]string{"check-config"}, env{"REPROCESSOR_GRAPH_TIMEOUT": "30"}, exitUsage, "REPROCESSOR_GRAPH_TIMEOUT"},
+	} {
+		var out, errOut syncBuffer
+		code := run(context.Background(), tc.args, tc.env.get, &out, &errOut)
+		if code != tc.code || !strings.Contains(errOut.String(), tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want %d and %q", tc.args, code, errOut.String(), tc.code, tc.want)
+		}
+	}
+	var out syncBuffer
+	if code := run(context.Background(), []string{"version"}, env{}.get, &out, &out); code != exitOK || !strings.HasPrefix(out.String(), "reprocessor ") {
+		t.Errorf("version: %d %q", code, out.String())
+	}
+	out = syncBuffer{}
+	if code := run(context.Background(), []string{"check-config"}, env{}.get, &out, &out); code != exitOK || !strings.Contains(out.String(), "configuration is valid") ||
+		!strings.Contains(out.String(), "AZURE_CLIENT_SECRET=unset") {
+		t.Errorf("check-config: %d %q", code, out.String())
+	}
+}
