@@ -16,7 +16,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/time/rate"
 
 	"github.com/reprocessor/reprocessor/graph"
 	"github.com/reprocessor/reprocessor/metrics"
@@ -158,16 +157,18 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 	defer func() { stopCred(); <-credDone }()
 	log.Info("Graph client ready", "graph_url", cfg.GraphURL, "api_version", cfg.GraphAPIVersion, "credential", cred.Kind())
 
-	var limiter worker.Limiter
-	if cfg.Rate > 0 {
-		limiter = rate.NewLimiter(rate.Limit(cfg.Rate), max(1, int(cfg.Rate/10)))
+	rc, err := startRateControl(cfg, nc, m, log)
+	if err != nil {
+		return err
 	}
+	defer rc.Close() // after the worker has stopped, before the NATS drain
 	w, err := worker.New(workerConfig(cfg, log), worker.Deps{
 		Source:      q,
 		Graph:       graphAdapter{client},
 		Events:      q,
 		DeadLetters: q,
-		Limiter:     limiter,
+		Limiter:     rc.limiter,
+		Pauses:      rc.control,
 		Observer:    m,
 		Checks:      q.Checks(),
 		Scheduler:   q,
@@ -183,6 +184,7 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 		return err
 	}
 
+	rc.attach(w)
 	wReady.Store(w)
 	pollCtx, stopPoll := context.WithCancel(context.WithoutCancel(ctx))
 	pollDone := make(chan struct{})
@@ -192,7 +194,7 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 	if opts.started != nil {
 		opts.started(started{NATSURL: natsURL, HTTPAddr: httpAddr})
 	}
-	log.Info("worker running", "requests", q.Config().Prefix+".requests", "concurrency", cfg.Concurrency, "rate", cfg.Rate, "http", httpAddr)
+	log.Info("worker running", "requests", q.Config().Prefix+".requests", "concurrency", cfg.Concurrency, "rate", rc.describe(cfg), "http", httpAddr)
 
 	// nats.go reconnects forever but gives up for good on some errors (an authorization
 	// violation twice in a row): then stop, and say why, so that a supervisor restarts us.

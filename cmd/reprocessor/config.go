@@ -47,7 +47,11 @@ type Config struct {
 	SubjectPrefix   string        // NATS subject prefix, e.g. entitlement.reprocess
 
 	Concurrency      int           // Graph calls in flight at once
-	Rate             float64       // Graph calls per second, process-wide; 0 means unlimited
+	RateAuto         bool          // find the rate from Graph's answers (ratelimit.Adaptive); Rate is then unused
+	Rate             float64       // fixed Graph calls per second, process-wide; 0 means unlimited
+	RateCeiling      float64       // auto: the highest rate, calls per second per replica
+	RateInitial      float64       // auto: the rate to start from
+	RateStep         float64       // auto: calls per second added per second of success; 0 means ceiling/50, at least 1
 	MaxDeliver       int           // deliveries of a request before it fails retries_exhausted
 	DeliveryBudget   time.Duration // in-process retry time within one delivery before NakWithDelay
 	BackoffInitial   time.Duration
@@ -90,7 +94,9 @@ func defaultConfig() Config {
 		GraphTimeout:      30 * time.Second,
 		SubjectPrefix:     "entitlement.reprocess",
 		Concurrency:       16,
-		Rate:              20,
+		RateAuto:          true,
+		RateCeiling:       DefaultRateCeiling,
+		RateInitial:       10,
 		MaxDeliver:        5,
 		DeliveryBudget:    time.Minute,
 		BackoffInitial:    time.Second,
@@ -114,6 +120,15 @@ func defaultConfig() Config {
 		ShutdownTimeout:   30 * time.Second,
 	}
 }
+
+// DefaultRateCeiling is the highest rate REPROCESSOR_RATE=auto uses by default, in calls per
+// second per replica. Graph publishes no limit for entitlement management: the limits it
+// does publish are 130,000 requests per 10 s per application (13,000/s) globally and about
+// 3,000 writes per 150 s (20/s) for directory writes elsewhere. 100/s is five times the
+// write quota, so that auto can find a more generous limit, and less than 1% of the global
+// one, so that a worker that meets no throttling does not flood a tenant that other
+// applications share. Raise it when you know your tenant allows more.
+const DefaultRateCeiling = 100
 
 // cloudGraphURL returns the Graph endpoint of a national cloud.
 func cloudGraphURL(cloud string) (string, bool) {
@@ -378,7 +393,16 @@ func (c Config) problems() []error {
 		bad("REPROCESSOR_CONCURRENCY", "must be between 1 and 10000, got %q", strconv.Itoa(c.Concurrency))
 	}
 	if !(c.Rate >= 0) || math.IsInf(c.Rate, 0) {
-		bad("REPROCESSOR_RATE", "must be 0 (unlimited) or a positive number of calls per second, got %q", formatFloat(c.Rate))
+		bad("REPROCESSOR_RATE", "must be auto, 0 (unlimited) or a positive number of calls per second, got %q", formatFloat(c.Rate))
+	}
+	if !(c.RateCeiling > 0) || math.IsInf(c.RateCeiling, 0) {
+		bad("REPROCESSOR_RATE_CEILING", "must be a positive number of calls per second, got %q", formatFloat(c.RateCeiling))
+	}
+	if !(c.RateInitial > 0) || math.IsInf(c.RateInitial, 0) {
+		bad("REPROCESSOR_RATE_INITIAL", "must be a positive number of calls per second, got %q", formatFloat(c.RateInitial))
+	}
+	if !(c.RateStep >= 0) || math.IsInf(c.RateStep, 0) {
+		bad("REPROCESSOR_RATE_STEP", "must be 0 (derived) or a positive number of calls per second, got %q", formatFloat(c.RateStep))
 	}
 	if c.MaxDeliver < 1 {
 		bad("REPROCESSOR_MAX_DELIVER", "must be at least 1, got %q", strconv.Itoa(c.MaxDeliver))
@@ -660,7 +684,10 @@ func (c *Config) settings() []setting {
 		{env: "REPROCESSOR_SUBJECT_PREFIX", help: "NATS subject prefix of requests, events and dead letters", value: (*stringValue)(&c.SubjectPrefix)},
 
 		{env: "REPROCESSOR_CONCURRENCY", help: "Graph calls in flight at once, 1 to 10000", value: (*intValue)(&c.Concurrency)},
-		{env: "REPROCESSOR_RATE", help: "Graph calls per second, process-wide; 0 is unlimited", value: (*floatValue)(&c.Rate)},
+		{env: "REPROCESSOR_RATE", help: "Graph calls per second, process-wide: auto finds it; 0 is unlimited", value: &rateValue{auto: &c.RateAuto, rate: &c.Rate}},
+		{env: "REPROCESSOR_RATE_CEILING", help: "auto: highest calls per second of this process", value: (*floatValue)(&c.RateCeiling)},
+		{env: "REPROCESSOR_RATE_INITIAL", help: "auto: calls per second to start from", value: (*floatValue)(&c.RateInitial)},
+		{env: "REPROCESSOR_RATE_STEP", help: "auto: calls per second added per second of success", def: "ceiling/50, at least 1", value: (*floatValue)(&c.RateStep)},
 		{env: "REPROCESSOR_MAX_DELIVER", help: "deliveries of a request before it fails", value: (*intValue)(&c.MaxDeliver)},
 		{env: "REPROCESSOR_DELIVERY_BUDGET", help: "retry time within one delivery before the request is handed back", value: (*durationValue)(&c.DeliveryBudget)},
 		{env: "REPROCESSOR_BACKOFF_INITIAL", help: "first retry delay", value: (*durationValue)(&c.BackoffInitial)},
@@ -836,6 +863,33 @@ func (v *floatValue) String() string {
 		return "0"
 	}
 	return formatFloat(float64(*v))
+}
+
+// rateValue is "auto" or a decimal number of calls per second.
+type rateValue struct {
+	auto *bool
+	rate *float64
+}
+
+func (v *rateValue) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if strings.EqualFold(s, "auto") {
+		*v.auto, *v.rate = true, 0
+		return nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return fmt.Errorf("must be auto or a number, got %q", s)
+	}
+	*v.auto, *v.rate = false, f
+	return nil
+}
+func (v *rateValue) summary() slog.Value { return slog.StringValue(v.String()) }
+func (v *rateValue) String() string {
+	if v == nil || v.auto == nil || *v.auto {
+		return "auto"
+	}
+	return formatFloat(*v.rate)
 }
 
 func formatFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }

@@ -65,7 +65,9 @@ func TestLoadConfigDefaults(t *testing.T) {
 		GraphTimeout:      30 * time.Second,
 		SubjectPrefix:     "entitlement.reprocess",
 		Concurrency:       16,
-		Rate:              20,
+		RateAuto:          true,
+		RateCeiling:       100,
+		RateInitial:       10,
 		MaxDeliver:        5,
 		DeliveryBudget:    time.Minute,
 		BackoffInitial:    time.Second,
@@ -152,6 +154,9 @@ func TestLoadConfigEveryVariable(t *testing.T) {
 		SubjectPrefix:           "acme.entitlement",
 		Concurrency:             64,
 		Rate:                    2.5,
+		RateCeiling:             400,
+		RateInitial:             5,
+		RateStep:                2,
 		MaxDeliver:              9,
 		DeliveryBudget:          2 * time.Minute,
 		BackoffInitial:          500 * time.Millisecond,
@@ -199,7 +204,7 @@ func TestSettingsCoverConfig(t *testing.T) {
 	t.Parallel()
 	var c Config
 	settings := c.settings()
-	fields := reflect.TypeOf(c).NumField()
+	fields := reflect.TypeOf(c).NumField() - 1 // REPROCESSOR_RATE sets RateAuto and Rate
 	if len(settings) != fields {
 		t.Errorf("%d settings for %d Config fields", len(settings), fields)
 	}
@@ -227,7 +232,7 @@ func TestFlagNames(t *testing.T) {
 	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
 	for _, want := range []string{
 		"nats-url", "cloud", "graph-url", "graph-api-version", "graph-timeout", "subject-prefix",
-		"concurrency", "rate", "max-deliver", "delivery-budget", "backoff-initial", "backoff-max",
+		"concurrency", "rate", "rate-ceiling", "rate-initial", "rate-step", "max-deliver", "delivery-budget", "backoff-initial", "backoff-max",
 		"coalesce-window", "circuit-threshold", "circuit-cooldown", "ack-wait", "max-ack-pending",
 		"events-max-age", "dlq-max-age", "stream-replicas", "no-create", "http-addr", "pprof-addr",
 		"log-level", "log-format", "data-dir", "embedded-addr", "shutdown-timeout", "instance",
@@ -283,6 +288,7 @@ func TestFlagsOverrideEnvironment(t *testing.T) {
 		{"Concurrency", cfg.Concurrency, 4},
 		{"GraphTimeout", cfg.GraphTimeout, 5 * time.Second},
 		{"Rate", cfg.Rate, 0.0},
+		{"RateAuto", cfg.RateAuto, false},
 		{"NoCreate", cfg.NoCreate, false},
 		{"HTTPAddr", cfg.HTTPAddr, ""},
 		{"NATSURL", cfg.NATSURL, "nats://flag.example.com:4222"},

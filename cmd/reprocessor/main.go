@@ -41,6 +41,8 @@ Usage:
                                     with progress, --wait for outcomes and a --report
   reprocessor dlq list|replay       list dead letters, or replay them to the requests
   reprocessor fake-graph [flags]    serve the simulated Graph alone
+  reprocessor bench [flags]         measure: embedded NATS, simulated Graph (latency,
+                                    throttle, errors) and N replicas working K ids
   reprocessor check-config [flags]  validate the configuration and print it
   reprocessor version               print the version
   reprocessor help                  print this text and every setting
@@ -67,6 +69,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return cmdDLQ(ctx, rest, getenv, stdout, stderr)
 	case "fake-graph":
 		return cmdFakeGraph(ctx, rest, getenv, stdout, stderr)
+	case "bench":
+		return cmdBench(ctx, rest, getenv, stdout, stderr)
 	case "check-config":
 		return cmdCheckConfig(rest, getenv, stdout, stderr)
 	case "version", "--version", "-version":
@@ -77,7 +81,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		_ = WriteConfigUsage(stdout)
 		return exitOK
 	}
-	fmt.Fprintf(stderr, "reprocessor: unknown command %q (commands: run, demo, enqueue, dlq, fake-graph, check-config, version, help)\n", cmd)
+	fmt.Fprintf(stderr, "reprocessor: unknown command %q (commands: run, demo, enqueue, dlq, fake-graph, bench, check-config, version, help)\n", cmd)
 	return exitUsage
 }
 

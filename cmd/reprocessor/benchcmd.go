@@ -1,0 +1,662 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/reprocessor/reprocessor/graph/graphtest"
+	"github.com/reprocessor/reprocessor/metrics"
+	"github.com/reprocessor/reprocessor/queue"
+)
+
+// benchFlags are the settings of a bench run beyond the worker's own configuration.
+type benchFlags struct {
+	ids         int
+	replicas    int
+	latency     time.Duration
+	latencyMax  time.Duration
+	throttle    float64
+	burst       int
+	errors      float64
+	unknown     float64
+	retryAfter  string
+	duration    time.Duration
+	preload     bool
+	processes   bool
+	bare        bool
+	publishRate float64
+	json        bool
+}
+
+// benchResult is what a bench run measured.
+type benchResult struct {
+	Replicas        int     `json:"replicas"`
+	Concurrency     int     `json:"concurrency"`
+	Rate            string  `json:"rate"`
+	ThrottleRate    float64 `json:"throttleRate"`
+	Ids             int     `json:"ids"`
+	Completed       int     `json:"completed"`
+	Accepted        int     `json:"accepted"`
+	Seconds         float64 `json:"seconds"`
+	IdsPerSecond    float64 `json:"idsPerSecond"`
+	AcceptedPerSec  float64 `json:"acceptedPerSecond"`
+	GraphCalls      int     `json:"graphCalls"`
+	CallsPerID      float64 `json:"callsPerId"`
+	Throttled       int     `json:"throttled429"`
+	ThrottledShare  float64 `json:"throttledShare"`
+	ToCallP50MS     float64 `json:"publishToCallP50Ms"`
+	ToCallP95MS     float64 `json:"publishToCallP95Ms"`
+	ToCallP99MS     float64 `json:"publishToCallP99Ms"`
+	ToEventP50MS    float64 `json:"publishToEventP50Ms"`
+	ToEventP95MS    float64 `json:"publishToEventP95Ms"`
+	ToEventP99MS    float64 `json:"publishToEventP99Ms"`
+	PeakHeapMiB     float64 `json:"peakHeapMiB,omitempty"` // in-process: the whole bench process
+	PeakRSSMiB      float64 `json:"peakRssMiB"`            // the workers' (children with --processes, else this process)
+	RSSFirstHalfMiB float64 `json:"rssFirstHalfMiB"`       // the highest RSS in the first half of the run
+	RSSLastHalfMiB  float64 `json:"rssLastHalfMiB"`        // and in the second half: flat if close
+	BareIdsPerSec   float64 `json:"bareIdsPerSecond,omitempty"`
+	RatioToBare     float64 `json:"ratioToBare,omitempty"`
+}
+
+const benchPrefix = "bench.reprocess"
+
+// cmdBench runs the embedded NATS server, the simulated Graph and N worker replicas, publishes
+// K ids and prints how fast and how well they were worked.
+func cmdBench(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f benchFlags
+	fs.IntVar(&f.ids, "ids", 10_000, "ids to publish")
+	fs.IntVar(&f.replicas, "replicas", 1, "worker replicas sharing the queue")
+	fs.DurationVar(&f.latency, "latency", 0, "simulated Graph latency (the least, with --latency-max)")
+	fs.DurationVar(&f.latencyMax, "latency-max", 0, "simulated Graph latency, the most")
+	fs.Float64Var(&f.throttle, "throttle", 0, "simulated Graph admits this many calls per second (token bucket), 429 beyond; 0 none")
+	fs.IntVar(&f.burst, "throttle-burst", 0, "burst of the simulated Graph's token bucket; default a tenth of --throttle")
+	fs.Float64Var(&f.errors, "errors", 0, "share of Graph calls answered 503 at random")
+	fs.Float64Var(&f.unknown, "unknown", 0, "share of ids answered 404")
+	fs.StringVar(&f.retryAfter, "retry-after", "0.1", "Retry-After of the random 503s, seconds")
+	fs.DurationVar(&f.duration, "duration", 0, "stop after this long even if ids are left; 0 waits for all")
+	fs.BoolVar(&f.preload, "preload", false, "publish every id before the workers start (a queued backlog)")
+	fs.BoolVar(&f.processes, "processes", false, "run each replica as a child process (reprocessor run), to measure its own memory")
+	fs.BoolVar(&f.bare, "bare", true, "also run the bare pipeline (fetch, POST, ack) and print the ratio")
+	fs.Float64Var(&f.publishRate, "publish-rate", 0, "ids published per second; 0 as fast as possible")
+	fs.BoolVar(&f.json, "json", false, "print the result as JSON")
+	load := BindConfig(fs, benchEnv(getenv))
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	cfg, err := load()
+	if err != nil {
+		fmt.Fprintf(stderr, "reprocessor bench: invalid configuration:\n%v\n", err)
+		return exitUsage
+	}
+	if f.ids < 1 || f.replicas < 1 || f.throttle < 0 || f.errors < 0 || f.errors > 1 || f.unknown < 0 || f.unknown > 1 || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "reprocessor bench: --ids and --replicas must be at least 1, --throttle at least 0, --errors and --unknown between 0 and 1, and no arguments")
+		return exitUsage
+	}
+	log, err := NewLogger(stderr, cfg.LogLevel, cfg.LogFormat, cfg.Secrets())
+	if err != nil {
+		fmt.Fprintf(stderr, "reprocessor bench: %v\n", err)
+		return exitUsage
+	}
+	res, err := runBench(ctx, cfg, f, log, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "reprocessor bench: %v\n", err)
+		return exitFailed
+	}
+	if f.json {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(res)
+	} else {
+		res.print(stdout)
+	}
+	return exitOK
+}
+
+// benchEnv gives the bench's defaults: quiet logs, no HTTP listener, no state tracking, no
+// coalescing window, concurrency 64; and ignores the NATS and Graph of the environment.
+func benchEnv(getenv func(string) string) func(string) string {
+	defaults := map[string]string{
+		"REPROCESSOR_LOG_LEVEL":       "error",
+		"REPROCESSOR_HTTP_ADDR":       "off",
+		"REPROCESSOR_VERIFY":          "false",
+		"REPROCESSOR_COALESCE_WINDOW": "0s",
+		"REPROCESSOR_CONCURRENCY":     "64",
+		"REPROCESSOR_INSTANCE":        "bench",
+		"REPROCESSOR_SUBJECT_PREFIX":  benchPrefix,
+	}
+	return func(k string) string {
+		if strings.HasPrefix(k, "NATS_") || strings.HasPrefix(k, "AZURE_") || k == "REPROCESSOR_GRAPH_URL" || k == "REPROCESSOR_CLOUD" {
+			return ""
+		}
+		if v := getenv(k); v != "" {
+			return v
+		}
+		return defaults[k]
+	}
+}
+
+// benchIDs makes the i-th id of a run, and reads i back.
+func benchID(i int) string { return fmt.Sprintf("be0c0000-0000-4000-8000-%012x", i) }
+
+func benchIndex(id string) (int, bool) {
+	if len(id) != 36 || !strings.HasPrefix(id, "be0c0000-") {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(id[24:], 16, 48)
+	return int(n), err == nil
+}
+
+// benchClock records, per id, when it was published and when its terminal event came.
+type benchClock struct {
+	start     time.Time
+	published []atomic.Int64 // ns since start
+	ended     []atomic.Int64
+	completed atomic.Int64
+	accepted  atomic.Int64
+	lastEnd   atomic.Int64
+	all       chan struct{}
+	allOnce   sync.Once
+}
+
+func (b *benchClock) since() int64 { return max(int64(time.Since(b.start)), 1) }
+
+// onEvent counts terminal events (the first per id).
+func (b *benchClock) onEvent(m *nats.Msg) {
+	var e struct {
+		Type    string `json:"type"`
+		Subject string `json:"subject"`
+	}
+	if json.Unmarshal(m.Data, &e) != nil {
+		return
+	}
+	kind := strings.TrimPrefix(e.Type, "entitlement.reprocess.")
+	switch kind {
+	case "accepted", "failed", "rejected", "coalesced":
+	default:
+		return
+	}
+	i, ok := benchIndex(e.Subject)
+	if !ok || i >= len(b.ended) || !b.ended[i].CompareAndSwap(0, b.since()) {
+		return
+	}
+	if kind == "accepted" {
+		b.accepted.Add(1)
+	}
+	b.lastEnd.Store(b.since())
+	if int(b.completed.Add(1)) == len(b.ended) {
+		b.allOnce.Do(func() { close(b.all) })
+	}
+}
+
+func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, stderr io.Writer) (benchResult, error) {
+	res := benchResult{Replicas: f.replicas, Concurrency: cfg.Concurrency, ThrottleRate: f.throttle, Ids: f.ids, Rate: "auto"}
+	if !cfg.RateAuto {
+		res.Rate = formatFloat(cfg.Rate)
+	}
+	gt, err := graphtest.Start(graphtest.Options{
+		LatencyMin: f.latency, LatencyMax: max(f.latency, f.latencyMax),
+		UnavailableRate: f.errors, UnknownRate: f.unknown, RandomRetryAfter: f.retryAfter,
+		MaxRecordedCalls: min(3*f.ids+1000, 300_000),
+	})
+	if err != nil {
+		return res, fmt.Errorf("simulated Graph: %w", err)
+	}
+	defer gt.Close()
+	if f.throttle > 0 {
+		gt.SetRateLimit(f.throttle, cmpOr(f.burst, max(1, int(f.throttle/10))))
+	}
+	dir, err := os.MkdirTemp("", "reprocessor-bench-")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	emb, err := queue.StartEmbedded(queue.EmbeddedConfig{Port: -1, DataDir: dir})
+	if err != nil {
+		return res, fmt.Errorf("embedded NATS: %w", err)
+	}
+	defer emb.Shutdown()
+	nc, err := nats.Connect(emb.ClientURL(), nats.Name("reprocessor-bench"))
+	if err != nil {
+		return res, fmt.Errorf("connect: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return res, err
+	}
+	cfg.NATSURL, cfg.GraphURL, cfg.Cloud = emb.ClientURL(), gt.URL, "public"
+	env := gt.Env("")
+	cfg.AzureAuthorityHost = env["AZURE_AUTHORITY_HOST"]
+	qc := queueConfig(cfg)
+	if _, err := queue.Setup(ctx, js, qc, log); err != nil {
+		return res, err
+	}
+
+	bc := &benchClock{published: make([]atomic.Int64, f.ids), ended: make([]atomic.Int64, f.ids), all: make(chan struct{})}
+	bc.start = time.Now()
+	sub, err := nc.Subscribe(cfg.SubjectPrefix+".events.>", bc.onEvent)
+	if err != nil {
+		return res, err
+	}
+	defer sub.Unsubscribe()
+	_ = sub.SetPendingLimits(-1, -1)
+	requests := cfg.SubjectPrefix + ".requests"
+
+	if f.preload {
+		if err := benchPublish(ctx, js, requests, bc, 0); err != nil {
+			return res, err
+		}
+	}
+	mem := &memSampler{}
+	workers, err := startBenchReplicas(ctx, cfg, f, gt, dir, mem)
+	if err != nil {
+		return res, err
+	}
+	workStart := bc.since()
+	pubErr := make(chan error, 1)
+	if !f.preload {
+		go func() { pubErr <- benchPublish(ctx, js, requests, bc, f.publishRate) }()
+	} else {
+		pubErr <- nil
+	}
+	sampleCtx, stopSampling := context.WithCancel(ctx)
+	sampled := make(chan struct{})
+	go func() { defer close(sampled); mem.run(sampleCtx) }()
+	var limit <-chan time.Time
+	if f.duration > 0 {
+		t := time.NewTimer(f.duration)
+		defer t.Stop()
+		limit = t.C
+	}
+	select {
+	case <-bc.all:
+	case <-limit:
+	case <-ctx.Done():
+	}
+	end := bc.since()
+	if f.duration == 0 || bc.completed.Load() == int64(f.ids) {
+		end = bc.lastEnd.Load()
+	}
+	stopSampling()
+	<-sampled
+	workers.stop()
+	if err := <-pubErr; err != nil && ctx.Err() == nil {
+		fmt.Fprintf(stderr, "reprocessor bench: publish: %v\n", err)
+	}
+
+	res.Seconds = float64(end-workStart) / 1e9
+	res.Completed, res.Accepted = int(bc.completed.Load()), int(bc.accepted.Load())
+	res.IdsPerSecond = float64(res.Completed) / res.Seconds
+	res.AcceptedPerSec = float64(res.Accepted) / res.Seconds
+	res.GraphCalls = gt.CallCount(graphtest.OpReprocess)
+	res.CallsPerID = float64(res.GraphCalls) / float64(max(res.Completed, 1))
+	var toCall, toEvent []float64
+	seen := make(map[int]bool)
+	recorded := 0
+	for _, c := range gt.Calls() {
+		if c.Operation != graphtest.OpReprocess {
+			continue
+		}
+		recorded++
+		if c.Status == 429 {
+			res.Throttled++
+		}
+		i, ok := benchIndex(c.AssignmentID)
+		if !ok || seen[i] || bc.published[i].Load() == 0 {
+			continue
+		}
+		seen[i] = true
+		toCall = append(toCall, float64(c.Time.Sub(bc.start).Nanoseconds()-bc.published[i].Load())/1e6)
+	}
+	res.ThrottledShare = float64(res.Throttled) / float64(max(recorded, 1))
+	for i := range bc.ended {
+		if e, p := bc.ended[i].Load(), bc.published[i].Load(); e > 0 && p > 0 {
+			toEvent = append(toEvent, float64(e-p)/1e6)
+		}
+	}
+	res.ToCallP50MS, res.ToCallP95MS, res.ToCallP99MS = percentiles(toCall)
+	res.ToEventP50MS, res.ToEventP95MS, res.ToEventP99MS = percentiles(toEvent)
+	res.PeakHeapMiB, res.PeakRSSMiB, res.RSSFirstHalfMiB, res.RSSLastHalfMiB = mem.summary()
+	if f.processes {
+		res.PeakHeapMiB = 0 // the children's heap is not visible from here
+	}
+
+	if f.bare && ctx.Err() == nil {
+		n := res.Completed
+		if n == 0 {
+			n = f.ids
+		}
+		perSec, err := runBare(ctx, cfg, js, gt, n, log)
+		if err != nil {
+			return res, fmt.Errorf("bare pipeline: %w", err)
+		}
+		res.BareIdsPerSec = perSec
+		res.RatioToBare = res.IdsPerSecond / perSec
+	}
+	return res, nil
+}
+
+func cmpOr(a, b int) int {
+	if a != 0 {
+		return a
+	}
+	return b
+}
+
+// benchPublish publishes every id of the run with asynchronous JetStream acks, at most
+// perSecond ids per second when that is above 0.
+func benchPublish(ctx context.Context, js jetstream.JetStream, subject string, bc *benchClock, perSecond float64) error {
+	var tick *time.Ticker
+	if perSecond > 0 {
+		tick = time.NewTicker(max(time.Duration(float64(time.Second)/perSecond), time.Microsecond))
+		defer tick.Stop()
+	}
+	for i := range bc.published {
+		if tick != nil {
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		bc.published[i].Store(bc.since())
+		if _, err := js.PublishAsync(subject, []byte(benchID(i)), jetstream.WithMsgID(benchID(i))); err != nil {
+			return fmt.Errorf("publish %d: %w", i, err)
+		}
+		if i%10_000 == 9_999 {
+			if err := waitPublished(ctx, js); err != nil {
+				return err
+			}
+		}
+	}
+	return waitPublished(ctx, js)
+}
+
+func waitPublished(ctx context.Context, js jetstream.JetStream) error {
+	select {
+	case <-js.PublishAsyncComplete():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(2 * time.Minute):
+		return errors.New("publish acks did not come within 2 minutes")
+	}
+}
+
+func percentiles(v []float64) (p50, p95, p99 float64) {
+	if len(v) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(v)
+	at := func(p float64) float64 { return math.Round(v[min(len(v)-1, int(p*float64(len(v))))]*10) / 10 }
+	return at(0.50), at(0.95), at(0.99)
+}
+
+// benchReplicas are the running worker replicas.
+type benchReplicas struct{ stop func() }
+
+func startBenchReplicas(ctx context.Context, cfg Config, f benchFlags, gt *graphtest.Server, dir string, mem *memSampler) (benchReplicas, error) {
+	env := gt.Env("")
+	if f.processes {
+		caFile, err := gt.WriteCAFile(dir)
+		if err != nil {
+			return benchReplicas{}, err
+		}
+		env["SSL_CERT_FILE"] = caFile
+		return startChildReplicas(cfg, f.replicas, env, mem)
+	}
+	mem.pids = []int{os.Getpid()}
+	mem.heap = true
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	errs := make(chan error, f.replicas)
+	up := make(chan struct{}, f.replicas)
+	for r := range f.replicas {
+		c := cfg
+		c.Instance = fmt.Sprintf("bench-%d", r+1)
+		log := slog.New(slog.DiscardHandler)
+		if cfg.LogLevel != "error" {
+			log, _ = NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat, nil)
+			log = log.With("replica", c.Instance)
+		}
+		wg.Go(func() {
+			err := runWorker(runCtx, c, log, func(k string) string { return env[k] }, runOptions{
+				graphHTTP: gt.Client(),
+				registry:  prometheus.NewRegistry(),
+				started:   func(started) { up <- struct{}{} },
+			})
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	for range f.replicas {
+		select {
+		case <-up:
+		case err := <-errs:
+			cancel()
+			wg.Wait()
+			return benchReplicas{}, fmt.Errorf("worker: %w", err)
+		}
+	}
+	return benchReplicas{stop: func() { cancel(); wg.Wait() }}, nil
+}
+
+// startChildReplicas runs each replica as "reprocessor run" in a child process with the
+// bench's configuration in its environment.
+func startChildReplicas(cfg Config, n int, graphEnv map[string]string, mem *memSampler) (benchReplicas, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return benchReplicas{}, err
+	}
+	base := os.Environ()
+	for _, s := range cfg.settings() {
+		if s.secret() || strings.HasPrefix(s.env, "AZURE_") || strings.HasPrefix(s.env, "NATS_") {
+			continue
+		}
+		base = append(base, s.env+"="+s.value.String())
+	}
+	base = append(base, "NATS_URL="+cfg.NATSURL)
+	for k, v := range graphEnv {
+		base = append(base, k+"="+v)
+	}
+	var cmds []*exec.Cmd
+	stop := func() {
+		for _, c := range cmds {
+			_ = c.Process.Signal(os.Interrupt)
+		}
+		for _, c := range cmds {
+			_ = c.Wait()
+		}
+	}
+	for r := range n {
+		c := exec.Command(exe, "run")
+		c.Env = append(slices.Clone(base), fmt.Sprintf("REPROCESSOR_INSTANCE=bench-%d", r+1), "REPROCESSOR_LOG_LEVEL="+cfg.LogLevel)
+		c.Stderr = os.Stderr
+		if err := c.Start(); err != nil {
+			stop()
+			return benchReplicas{}, err
+		}
+		cmds = append(cmds, c)
+		mem.pids = append(mem.pids, c.Process.Pid)
+	}
+	return benchReplicas{stop: stop}, nil
+}
+
+// memSampler samples the resident memory of the workers (and the heap, in process).
+type memSampler struct {
+	pids []int
+	heap bool
+
+	peakHeap uint64
+	rss      []uint64 // total over pids, one sample per tick
+}
+
+func (m *memSampler) run(ctx context.Context) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		var total uint64
+		for _, pid := range m.pids {
+			total += readRSS(pid)
+		}
+		m.rss = append(m.rss, total)
+		if m.heap {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			m.peakHeap = max(m.peakHeap, ms.HeapInuse)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (m *memSampler) summary() (peakHeap, peakRSS, firstHalf, lastHalf float64) {
+	const mib = 1 << 20
+	half := len(m.rss) / 2
+	if len(m.rss) > 0 {
+		firstHalf = float64(slices.Max(m.rss[:max(half, 1)])) / mib
+		lastHalf = float64(slices.Max(m.rss[half:])) / mib
+		peakRSS = max(firstHalf, lastHalf)
+	}
+	return math.Round(float64(m.peakHeap)/mib*10) / 10, math.Round(peakRSS*10) / 10, math.Round(firstHalf*10) / 10, math.Round(lastHalf*10) / 10
+}
+
+// readRSS returns a process's resident set in bytes from /proc; 0 where there is none.
+func readRSS(pid int) uint64 {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// runBare runs the bare pipeline over the same NATS server and simulated Graph: a work
+// queue of n ids, fetched, POSTed with the same Graph client and concurrency, acked;
+// nothing else (no events, no limiter, no retries). It returns ids per second.
+func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *graphtest.Server, n int, log *slog.Logger) (float64, error) {
+	gt.SetRateLimit(0, 0)
+	env := gt.Env("")
+	m := metrics.New(prometheus.NewRegistry(), buildInfo())
+	cred, client, err := newGraph(cfg, func(k string) string { return env[k] }, gt.Client(), m, log)
+	if err != nil {
+		return 0, err
+	}
+	credCtx, stopCred := context.WithCancel(ctx)
+	credDone := make(chan struct{})
+	go func() { defer close(credDone); cred.Run(credCtx) }()
+	defer func() { stopCred(); <-credDone }()
+
+	stream, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_BARE", Subjects: []string{"bench.bare"}, Retention: jetstream.WorkQueuePolicy})
+	if err != nil {
+		return 0, err
+	}
+	defer js.DeleteStream(context.WithoutCancel(ctx), "BENCH_BARE")
+	for i := range n {
+		if _, err := js.PublishAsync("bench.bare", []byte(benchID(i))); err != nil {
+			return 0, err
+		}
+		if i%10_000 == 9_999 {
+			if err := waitPublished(ctx, js); err != nil {
+				return 0, err
+			}
+		}
+	}
+	if err := waitPublished(ctx, js); err != nil {
+		return 0, err
+	}
+	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "bare", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 4 * cfg.Concurrency})
+	if err != nil {
+		return 0, err
+	}
+	for !cred.Ready() { // the token comes first, as it does for the worker
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	start := time.Now()
+	var done atomic.Int64
+	finished := make(chan struct{})
+	slots := make(chan struct{}, cfg.Concurrency)
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * cfg.Concurrency))
+	if err != nil {
+		return 0, err
+	}
+	var wg sync.WaitGroup
+	go func() {
+		<-finished
+		it.Stop()
+	}()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			break
+		}
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			if _, err := client.Reprocess(ctx, string(msg.Data())); err != nil {
+				_ = msg.Nak()
+				return
+			}
+			_ = msg.Ack()
+			if int(done.Add(1)) == n {
+				close(finished)
+			}
+		})
+	}
+	wg.Wait()
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
+func (r benchResult) print(w io.Writer) {
+	fmt.Fprintf(w, "replicas %d, concurrency %d, rate %s, simulated Graph throttle %g/s\n", r.Replicas, r.Concurrency, r.Rate, r.ThrottleRate)
+	fmt.Fprintf(w, "ids            %d of %d completed (%d accepted) in %.1fs\n", r.Completed, r.Ids, r.Accepted, r.Seconds)
+	fmt.Fprintf(w, "throughput     %.1f ids/s, %.1f accepted/s\n", r.IdsPerSecond, r.AcceptedPerSec)
+	fmt.Fprintf(w, "graph calls    %d, %.3f per id, %d answered 429 (%.2f%%)\n", r.GraphCalls, r.CallsPerID, r.Throttled, 100*r.ThrottledShare)
+	fmt.Fprintf(w, "publish→call   p50 %.1fms  p95 %.1fms  p99 %.1fms\n", r.ToCallP50MS, r.ToCallP95MS, r.ToCallP99MS)
+	fmt.Fprintf(w, "publish→event  p50 %.1fms  p95 %.1fms  p99 %.1fms\n", r.ToEventP50MS, r.ToEventP95MS, r.ToEventP99MS)
+	if r.PeakHeapMiB > 0 {
+		fmt.Fprintf(w, "peak heap      %.1f MiB (this whole process)\n", r.PeakHeapMiB)
+	}
+	fmt.Fprintf(w, "peak RSS       %.1f MiB (first half of the run %.1f, second half %.1f)\n", r.PeakRSSMiB, r.RSSFirstHalfMiB, r.RSSLastHalfMiB)
+	if r.BareIdsPerSec > 0 {
+		fmt.Fprintf(w, "bare pipeline  %.1f ids/s; the worker does %.2f of it\n", r.BareIdsPerSec, r.RatioToBare)
+	}
+}

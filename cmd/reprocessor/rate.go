@@ -1,0 +1,110 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"golang.org/x/time/rate"
+
+	"github.com/reprocessor/reprocessor/metrics"
+	"github.com/reprocessor/reprocessor/queue"
+	"github.com/reprocessor/reprocessor/ratelimit"
+	"github.com/reprocessor/reprocessor/worker"
+)
+
+// rateControl is the worker's Graph rate limiter and its coordination with the other
+// replicas of the deployment: pauses are shared whatever the rate; with REPROCESSOR_RATE=auto
+// the adaptive limiter's cuts and each replica's share of the rate are too.
+type rateControl struct {
+	limiter  worker.Limiter // nil: unlimited
+	adaptive *ratelimit.Adaptive
+	control  *queue.Control
+
+	mu      sync.Mutex
+	w       *worker.Worker
+	pending time.Time // a pause heard before the worker existed
+}
+
+// startRateControl builds the limiter the configuration asks for and joins the
+// deployment's control subjects on nc. Close leaves them.
+func startRateControl(cfg Config, nc *nats.Conn, m *metrics.Metrics, log *slog.Logger) (*rateControl, error) {
+	rc := &rateControl{}
+	var cutShare func(float64)
+	switch {
+	case cfg.RateAuto:
+		a, err := ratelimit.New(ratelimit.Config{
+			Ceiling:  cfg.RateCeiling,
+			Initial:  cfg.RateInitial,
+			Step:     cfg.RateStep,
+			Logger:   log,
+			OnChange: m.SetRateLimit,
+			OnCut:    func(r float64) { cutShare(r) },
+		})
+		if err != nil {
+			return nil, err
+		}
+		rc.limiter, rc.adaptive = a, a
+	case cfg.Rate > 0:
+		rc.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), max(1, int(cfg.Rate/10)))
+		m.SetRateLimit(cfg.Rate)
+	default:
+		m.SetRateLimit(0)
+	}
+	cc := queue.ControlConfig{
+		Prefix:   cfg.SubjectPrefix,
+		Instance: cfg.Instance,
+		Pause:    rc.pause,
+		Logger:   log.With("component", "replicas"),
+	}
+	if rc.adaptive != nil {
+		cc.Rate = rc.adaptive
+	}
+	c, err := queue.StartControl(nc, cc)
+	if err != nil {
+		return nil, fmt.Errorf("share throttling with other replicas: %w", err)
+	}
+	rc.control = c
+	cutShare = c.ShareCut
+	return rc, nil
+}
+
+// describe says which rate is in force, for the log.
+func (rc *rateControl) describe(cfg Config) any {
+	switch {
+	case cfg.RateAuto:
+		return fmt.Sprintf("auto (from %g/s, ceiling %g/s)", rc.adaptive.Rate(), cfg.RateCeiling)
+	case cfg.Rate > 0:
+		return cfg.Rate
+	}
+	return "unlimited"
+}
+
+// attach gives the worker the pauses heard from other replicas, including one heard before.
+func (rc *rateControl) attach(w *worker.Worker) {
+	rc.mu.Lock()
+	rc.w = w
+	pending := rc.pending
+	rc.mu.Unlock()
+	if pending.After(time.Now()) {
+		w.PauseUntil(pending)
+	}
+}
+
+func (rc *rateControl) pause(until time.Time) {
+	rc.mu.Lock()
+	w := rc.w
+	if w == nil {
+		rc.pending = until
+	}
+	rc.mu.Unlock()
+	if w != nil {
+		w.PauseUntil(until)
+	}
+}
+
+// Close leaves the deployment's control subjects, handing this replica's share of the rate
+// to the others.
+func (rc *rateControl) Close() { rc.control.Close() }
