@@ -241,8 +241,11 @@ func (w *Worker) fetchLoop(ctx, work context.Context, p *pump) {
 	errDelay := Backoff{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
 	failures := 0
 	for ctx.Err() == nil {
-		free := p.allowed() - int(p.inflight.Load())
-		if free <= 0 {
+		allowed, inflight := p.allowed(), int(p.inflight.Load())
+		free := allowed - inflight
+		// Pull in batches: while work is under way, wait until a quarter of the slots are
+		// free rather than sending a pull request per freed slot.
+		if free <= 0 || (inflight > 0 && free < max(1, allowed/4)) {
 			p.waitSlot(ctx, 250*time.Millisecond)
 			continue
 		}
