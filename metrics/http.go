@@ -27,6 +27,24 @@ type Check struct {
 //     "name: error" for each failing check.
 //
 // Any other path is 404; another method on these paths is 405. A nil logger discards.
+// RegisterReadiness registers reprocessor_ready, 1 while every check passes, else 0: the
+// readiness of /readyz as a metric, evaluated at each scrape.
+func RegisterReadiness(reg prometheus.Registerer, ready []Check) error {
+	ready = append([]Check(nil), ready...)
+	return reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace,
+		Name:      "ready",
+		Help:      "1 while every readiness check of /readyz passes, else 0.",
+	}, func() float64 {
+		for _, c := range ready {
+			if c.Func() != nil {
+				return 0
+			}
+		}
+		return 1
+	}))
+}
+
 // Handler panics if a check has no Name or no Func: that is a wiring bug.
 func Handler(g prometheus.Gatherer, ready []Check, logger *slog.Logger) http.Handler {
 	if logger == nil {

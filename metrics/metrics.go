@@ -75,6 +75,7 @@ type Metrics struct {
 	throttleWait  prometheus.Counter
 	rateLimitWait prometheus.Observer
 	rateLimit     prometheus.Gauge
+	concurrency   prometheus.Gauge
 	inFlight      prometheus.Gauge
 
 	eventsPublished      *labelled[prometheus.Counter]
@@ -154,6 +155,11 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		Name:      "rate_limit_current",
 		Help:      "The process's Graph call rate limit in calls per second, as REPROCESSOR_RATE=auto has adapted it or as fixed; 0 when unlimited.",
 	})
+	concurrency := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace,
+		Name:      "concurrency",
+		Help:      "Request messages this process may work at once (REPROCESSOR_CONCURRENCY): the ceiling of in_flight.",
+	})
 	inFlight := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace,
 		Name:      "in_flight",
@@ -213,7 +219,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 
 	reg.MustRegister(
 		received, queueWait, completed, processing, deadLettered, retries,
-		throttled, throttleWait, rateLimitWait, rateLimit, inFlight,
+		throttled, throttleWait, rateLimitWait, rateLimit, concurrency, inFlight,
 		eventsPublished, eventPublishFailures, circuitOpen, lastSuccess,
 		graphRequests, graphDuration, queuePending, queueAckPending, stateChanges, buildInfo,
 	)
@@ -237,6 +243,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		throttled:            throttled,
 		throttleWait:         throttleWait,
 		rateLimitWait:        rateLimitWait,
+		concurrency:          concurrency,
 		rateLimit:            rateLimit,
 		inFlight:             inFlight,
 		eventsPublished:      newLabelled(eventsPublished.WithLabelValues, worker.EventKinds),
@@ -304,6 +311,9 @@ func (m *Metrics) RateLimitWait(d time.Duration) { m.rateLimitWait.Observe(secon
 
 // SetRateLimit sets the current rate limit in calls per second; 0 means unlimited.
 func (m *Metrics) SetRateLimit(callsPerSecond float64) { m.rateLimit.Set(max(callsPerSecond, 0)) }
+
+// SetConcurrency records the configured limit of requests worked at once.
+func (m *Metrics) SetConcurrency(n int) { m.concurrency.Set(float64(max(n, 0))) }
 
 // InFlight adds delta to the number of messages being processed.
 func (m *Metrics) InFlight(delta int) { m.inFlight.Add(float64(delta)) }

@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -75,6 +77,7 @@ func TestNewExportsEverySeries(t *testing.T) {
 		"reprocessor_throttle_wait_seconds_total":    1,
 		"reprocessor_rate_limit_wait_seconds":        1,
 		"reprocessor_rate_limit_current":             1,
+		"reprocessor_concurrency":                    1,
 		"reprocessor_in_flight":                      1,
 		"reprocessor_queue_wait_seconds":             1,
 		"reprocessor_processing_duration_seconds":    len(worker.Outcomes),
@@ -483,6 +486,33 @@ reprocessor_assignment_state_changes_total{state="partiallyDelivered"} 0
 reprocessor_assignment_state_changes_total{state="unknownFutureValue"} 0
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "reprocessor_assignment_state_changes_total"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReadinessAndConcurrency(t *testing.T) {
+	t.Parallel()
+	m, reg := setup(t)
+	m.SetConcurrency(64)
+	var failing error
+	if err := RegisterReadiness(reg, []Check{{Name: "x", Func: func() error { return failing }}}); err != nil {
+		t.Fatal(err)
+	}
+	want := func(ready int) string {
+		return fmt.Sprintf(`
+# HELP reprocessor_concurrency Request messages this process may work at once (REPROCESSOR_CONCURRENCY): the ceiling of in_flight.
+# TYPE reprocessor_concurrency gauge
+reprocessor_concurrency 64
+# HELP reprocessor_ready 1 while every readiness check of /readyz passes, else 0.
+# TYPE reprocessor_ready gauge
+reprocessor_ready %d
+`, ready)
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want(1)), "reprocessor_concurrency", "reprocessor_ready"); err != nil {
+		t.Fatal(err)
+	}
+	failing = errors.New("down")
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want(0)), "reprocessor_concurrency", "reprocessor_ready"); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -96,6 +96,10 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 			return starting
 		}},
 	}
+	if err := metrics.RegisterReadiness(reg, checks); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	m.SetConcurrency(cfg.Concurrency)
 	httpAddr, stopServing, err := serveHTTP(cfg.HTTPAddr, metrics.Handler(reg, checks, log), log)
 	if err != nil {
 		return err
