@@ -95,7 +95,7 @@ func (c Config) validate() error {
 
 // Adaptive is a rate limiter whose rate follows Graph's answers. It satisfies the worker's
 // Limiter and RateFeedback. Until the first throttled answer it doubles its rate every
-// second of use (a slow start, so that a fresh process finds a high limit in a few seconds
+// half second of use (a slow start, so that a fresh process finds a high limit in a few seconds
 // rather than minutes); after that it adds Config.Step per second. It is safe for
 // concurrent use.
 type Adaptive struct {
@@ -104,10 +104,12 @@ type Adaptive struct {
 
 	mu         sync.Mutex
 	rate       float64
-	replicas   int       // live replicas sharing the deployment's rate, this one included
-	slowStart  bool      // no throttling seen yet: double rather than add
-	windowFrom time.Time // start of the current second of successes
-	successes  int       // successes since windowFrom
+	replicas   int           // live replicas sharing the deployment's rate, this one included
+	slowStart  bool          // no throttling seen yet: double rather than add
+	windowFrom time.Time     // start of the current second of successes
+	successes  int           // successes since windowFrom
+	prevCount  int           // successes in the window before, and its length: with the
+	prevSpan   time.Duration // current one, the rate Graph actually admitted lately
 	lastCut    time.Time
 	logged     float64 // the rate last logged
 }
@@ -144,18 +146,25 @@ func (a *Adaptive) Rate() float64 {
 	return a.rate
 }
 
-// Succeeded reports an answer that was not throttling. After each second in which at
-// least half the rate's calls succeeded (the limit was in use, not idle), the rate grows.
+// Succeeded reports an answer that was not throttling. After each second (half second in
+// the slow start) in which at least half the rate's calls succeeded (the limit was in use,
+// not idle), the rate grows: by Step, or doubled in the slow start. Counting seconds, not
+// calls, keeps many calls in flight from inflating the increase.
 func (a *Adaptive) Succeeded() {
 	a.mu.Lock()
 	now := a.cfg.Now()
 	a.successes++
 	elapsed := now.Sub(a.windowFrom)
-	if elapsed < time.Second {
+	window := time.Second
+	if a.slowStart {
+		window = slowStartWindow
+	}
+	if elapsed < window {
 		a.mu.Unlock()
 		return
 	}
 	inUse := float64(a.successes) >= a.rate*elapsed.Seconds()/2
+	a.prevCount, a.prevSpan = a.successes, elapsed
 	a.windowFrom, a.successes = now, 0
 	if !inUse {
 		a.mu.Unlock()
@@ -168,7 +177,9 @@ func (a *Adaptive) Succeeded() {
 	a.setLocked(next, "raised")
 }
 
-// Throttled reports a 429, 503 or 504. The rate is cut at most once per cooldown.
+// Throttled reports a 429, 503 or 504. The rate is cut at most once per cooldown, to
+// Decrease times the lower of the rate and the rate of successes over the last second or
+// two (what Graph admitted).
 func (a *Adaptive) Throttled(time.Duration, bool) {
 	if r, cut := a.cut("cut: Graph throttled"); cut && a.cfg.OnCut != nil {
 		a.cfg.OnCut(r)
@@ -188,8 +199,19 @@ func (a *Adaptive) cut(why string) (float64, bool) {
 		return 0, false
 	}
 	a.lastCut = now
+	// Cut from the rate Graph admitted over the last second or two, when that is below the
+	// limiter's rate: a rate far above the limit (the slow start overshooting) then comes
+	// down in one step, not in several seconds of 429s.
+	base := a.rate
+	span := a.prevSpan + now.Sub(a.windowFrom)
+	if span >= 500*time.Millisecond {
+		if admitted := float64(a.prevCount+a.successes) / span.Seconds(); admitted > 0 {
+			base = min(base, admitted)
+		}
+	}
+	a.prevCount, a.prevSpan = 0, 0
 	a.windowFrom, a.successes = now, 0
-	r := a.setLocked(a.rate*a.cfg.Decrease, why)
+	r := a.setLocked(base*a.cfg.Decrease, why)
 	return r, true
 }
 
@@ -243,6 +265,10 @@ func (a *Adaptive) setLocked(r float64, why string) float64 {
 	}
 	return r
 }
+
+// slowStartWindow is how often the slow start doubles the rate: from 10/s it passes 300/s
+// within three seconds.
+const slowStartWindow = 500 * time.Millisecond
 
 // burst allows a tenth of a second's calls at once, at least one.
 func burst(r float64) int { return max(1, int(r/10)) }

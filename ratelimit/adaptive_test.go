@@ -54,21 +54,34 @@ func near(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
 func TestSlowStartThenAdditive(t *testing.T) {
 	t.Parallel()
 	a, c, _ := setup(t, Config{Ceiling: 1000, Initial: 10, Step: 20})
-	succeed(a, c, 10, time.Second) // a second at the full rate: doubles
+	succeed(a, c, 5, 500*time.Millisecond) // half a second at the full rate: doubles
 	if got := a.Rate(); !near(got, 20) {
-		t.Fatalf("after a busy second: %v, want 20", got)
+		t.Fatalf("after a busy half second: %v, want 20", got)
 	}
-	succeed(a, c, 20, time.Second)
+	succeed(a, c, 10, 500*time.Millisecond)
 	if got := a.Rate(); !near(got, 40) {
-		t.Fatalf("after two busy seconds: %v, want 40", got)
+		t.Fatalf("after two: %v, want 40", got)
 	}
-	a.Throttled(0, false)
+	succeed(a, c, 20, 500*time.Millisecond)
+	a.Throttled(0, false) // at 80/s, while Graph admitted 40/s over the last second
 	if got := a.Rate(); !near(got, 34) {
-		t.Fatalf("after a 429: %v, want 34 (x0.85)", got)
+		t.Fatalf("after a 429: %v, want 34 (the 40/s admitted x0.85)", got)
 	}
 	succeed(a, c, 34, time.Second)
 	if got := a.Rate(); !near(got, 54) {
 		t.Fatalf("after a busy second past the slow start: %v, want 54 (+20)", got)
+	}
+}
+
+func TestCutFromTheRateAdmitted(t *testing.T) {
+	t.Parallel()
+	a, c, _ := setup(t, Config{Ceiling: 1000, Initial: 400, Decrease: 0.5})
+	a.Adopt(400) // past the slow start
+	succeed(a, c, 200, time.Second)
+	succeed(a, c, 100, 500*time.Millisecond)
+	a.Throttled(time.Second, true)
+	if got := a.Rate(); !near(got, 100) {
+		t.Fatalf("rate %v, want 100: half the 200/s admitted, not half of 400", got)
 	}
 }
 
