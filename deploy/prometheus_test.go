@@ -1,7 +1,6 @@
 package deploy_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -27,26 +26,11 @@ import (
 
 var update = flag.Bool("update", false, "rewrite kubernetes/base/prometheusrule.yaml from prometheus/alerts.yml")
 
-// pendingMetrics are metric names the dashboard uses before the worker exports them. Each is
-// documented as coming; remove a name here once metrics.New registers it (the test then
-// requires data for its panel in the live test too).
-var pendingMetrics = map[string]string{
-	// The adaptive rate limiter's current rate, a later issue.
-	"reprocessor_rate_limit_current": "adaptive rate limiting",
-}
-
-// externalMetrics come from other exporters than the worker.
+// externalMetrics come from other exporters than the worker. Everything else the dashboard
+// and the rules use must be exported by the worker, and every dashboard query must return
+// data from a running demo.
 var externalMetrics = map[string]string{
-	"up":                    "Prometheus itself, one series per scrape target",
-	"kube_pod_status_ready": "kube-state-metrics: readiness is a Kubernetes condition, not a worker metric",
-}
-
-// noDataPanels are dashboard queries (panel title / refId) that legitimately return nothing
-// while a healthy demo runs. A pending metric's query is exempt only while the worker does not
-// export it.
-var noDataPanels = map[string]string{
-	"Circuit and readiness/C": "kube_pod_status_ready: kube-state-metrics is not part of the test",
-	"Adaptive rate/A":         "reprocessor_rate_limit_current",
+	"up": "Prometheus itself, one series per scrape target",
 }
 
 // ruleFile is the part of a Prometheus rule file the tests read.
@@ -272,7 +256,6 @@ func substitute(t *testing.T, expr string) string {
 	r := strings.NewReplacer(
 		"$__rate_interval", "10s",
 		"${instance}", ".*", "$instance", ".*",
-		"${concurrency}", "16", "$concurrency", "16",
 	)
 	out := r.Replace(expr)
 	if strings.Contains(out, "$") {
@@ -327,6 +310,9 @@ func exportedNames(t *testing.T) map[string]bool {
 	t.Helper()
 	rec := &recordingRegisterer{Registerer: prometheus.NewRegistry()}
 	metrics.New(rec, metrics.BuildInfo{})
+	if err := metrics.RegisterReadiness(rec, nil); err != nil {
+		t.Fatal(err)
+	}
 	names := make(map[string]bool)
 	descName := regexp.MustCompile(`fqName: "([^"]+)"`)
 	for _, c := range rec.collectors {
@@ -348,7 +334,7 @@ func exportedNames(t *testing.T) map[string]bool {
 			}
 		}
 	}
-	if !names["reprocessor_build_info"] || !names["reprocessor_graph_request_duration_seconds_bucket"] {
+	if !names["reprocessor_build_info"] || !names["reprocessor_graph_request_duration_seconds_bucket"] || !names["reprocessor_ready"] {
 		t.Fatalf("exported names look wrong: %v", names)
 	}
 	return names
@@ -380,7 +366,7 @@ func TestEveryMetricNameIsExported(t *testing.T) {
 	queries = append(queries, alertQueries(t)...)
 	used := make(map[string]bool)
 	for _, q := range queries {
-		names := metricNames(strings.NewReplacer("$concurrency", "16").Replace(q.expr))
+		names := metricNames(q.expr)
 		if len(names) == 0 && !strings.Contains(q.expr, "vector(") {
 			t.Errorf("%s: no metric name found in %q", q.name, q.expr)
 		}
@@ -388,19 +374,15 @@ func TestEveryMetricNameIsExported(t *testing.T) {
 			used[n] = true
 			switch {
 			case exported[n]:
-			case pendingMetrics[n] != "":
 			case externalMetrics[n] != "":
 			default:
-				t.Errorf("%s uses %s, which the worker does not export (nor is it listed as pending or external)", q.name, n)
+				t.Errorf("%s uses %s, which the worker does not export (nor is it listed as external)", q.name, n)
 			}
 		}
 	}
-	for n := range pendingMetrics {
-		if exported[n] {
-			t.Logf("%s is exported now: remove it from pendingMetrics", n)
-		}
+	for n := range externalMetrics {
 		if !used[n] {
-			t.Errorf("pendingMetrics lists %s, which nothing uses", n)
+			t.Errorf("externalMetrics lists %s, which nothing uses", n)
 		}
 	}
 }
@@ -482,14 +464,13 @@ func TestDashboardAndAlertsOnLiveWorker(t *testing.T) {
 	w := exec.Command(worker, "demo", "--per-second", "50")
 	w.Env = append(os.Environ(), "REPROCESSOR_HTTP_ADDR="+workerAddr, "TMPDIR="+t.TempDir())
 	startProcess(t, "reprocessor demo", w)
-	var liveMetrics []byte
 	err := poll(ctx, 100*time.Millisecond, func() error {
 		resp, err := client.Get("http://" + workerAddr + "/metrics")
 		if err != nil {
 			return err
 		}
 		defer resp.Body.Close()
-		liveMetrics, err = io.ReadAll(resp.Body)
+		_, err = io.Copy(io.Discard, resp.Body)
 		if err == nil && resp.StatusCode != http.StatusOK {
 			err = fmt.Errorf("GET /metrics: %s", resp.Status)
 		}
@@ -540,6 +521,9 @@ scrape_configs:
 		if up, err := prom.scalar(ctx, `min_over_time(up{job="reprocessor"}[1m])`); err != nil || up != 1 {
 			return fmt.Errorf("the worker is not up in every scrape (%v, %v)", up, err)
 		}
+		if ready, err := prom.scalar(ctx, `reprocessor_ready{job="reprocessor"}`); err != nil || ready != 1 {
+			return fmt.Errorf("the worker is not ready (%v, %v)", ready, err)
+		}
 		completed, err := prom.scalar(ctx, `sum(increase(reprocessor_messages_completed_total{outcome="accepted"}[10s]))`)
 		if err == nil && completed == 0 {
 			err = fmt.Errorf("nothing accepted yet")
@@ -557,14 +541,7 @@ scrape_configs:
 			t.Errorf("dashboard %s: %q: %v", q.name, q.expr, err)
 			continue
 		}
-		if len(r.Data.Result) > 0 {
-			continue
-		}
-		reason, exempt := noDataPanels[q.name]
-		if exempt && pendingMetrics[reason] != "" && bytes.Contains(liveMetrics, []byte("\n# TYPE "+reason+" ")) {
-			exempt = false // the pending metric has landed: its panel must show data now
-		}
-		if !exempt {
+		if len(r.Data.Result) == 0 {
 			t.Errorf("dashboard %s: %q returned no data from a running demo", q.name, q.expr)
 		}
 	}
