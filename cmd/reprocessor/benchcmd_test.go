@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestBenchCommand(t *testing.T) {
+	t.Parallel()
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), []string{"bench", "--ids", "300", "--replicas", "2", "--concurrency", "8", "--rate", "auto", "--json"}, env{}.get, &out, &errOut)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var r benchResult
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if r.Completed != 300 || r.Accepted != 300 || r.Replicas != 2 || r.Rate != "auto" {
+		t.Errorf("result %+v", r)
+	}
+	if r.GraphCalls < 300 || r.CallsPerID < 1 || r.IdsPerSecond <= 0 || r.PeakRSSMiB <= 0 {
+		t.Errorf("figures %+v", r)
+	}
+	if r.ToEventP50MS <= 0 || r.ToEventP99MS < r.ToEventP50MS || r.ToCallP50MS <= 0 {
+		t.Errorf("latencies %+v", r)
+	}
+	if r.BareIdsPerSec <= 0 || r.RatioToBare <= 0 {
+		t.Errorf("bare pipeline %+v", r)
+	}
+}
+
+func TestBenchCommandThrottledText(t *testing.T) {
+	t.Parallel()
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), []string{"bench", "--ids", "150", "--throttle", "100", "--throttle-burst", "5", "--rate", "50", "--preload", "--bare=false"}, env{}.get, &out, &errOut)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	for _, want := range []string{"rate 50, simulated Graph throttle 100/s", "150 of 150 completed", " 0 answered 429", "publish→event", "peak RSS"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "bare pipeline") {
+		t.Errorf("bare pipeline run with --bare=false:\n%s", out.String())
+	}
+}
+
+func TestBenchCommandBadFlags(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"bench", "--ids", "0"},
+		{"bench", "--errors", "2"},
+		{"bench", "--rate", "sometimes"},
+		{"bench", "extra"},
+	} {
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), args, env{}.get, &out, &errOut); code != exitUsage {
+			t.Errorf("%q: exit %d, want %d", args, code, exitUsage)
+		}
+	}
+}
