@@ -105,8 +105,10 @@ type Worker struct {
 	beats    heartbeats
 
 	requests *pump
-	checks   *pump // nil when tracking is off
-	handlers sync.WaitGroup
+	checks   *pump          // nil when tracking is off
+	handlers sync.WaitGroup // messages being worked
+	pool     sync.WaitGroup // the pumps' goroutines
+	poolStop chan struct{}  // closed when Run ends: idle goroutines exit
 	credDown atomic.Bool
 }
 
@@ -118,7 +120,8 @@ type pump struct {
 	handle    func(ctx, work context.Context, m Message)
 	inflight  atomic.Int64
 	slotFreed chan struct{}
-	observe   bool // report in-flight counts to the Observer
+	work      chan Message // hands a message to an idle goroutine
+	observe   bool         // report in-flight counts to the Observer
 }
 
 // New returns a worker; it does nothing until Run.
@@ -147,10 +150,11 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 		co:       newCoalescer(max(cfg.CoalesceWindow, 0)),
 		attempts: attemptLog{m: make(map[uint64]int)},
 		beats:    heartbeats{m: make(map[Message]time.Time)},
+		poolStop: make(chan struct{}),
 	}
-	w.requests = &pump{name: "requests", src: deps.Source, allowed: w.allowed, handle: w.handle, slotFreed: make(chan struct{}, 1), observe: true}
+	w.requests = &pump{name: "requests", src: deps.Source, allowed: w.allowed, handle: w.handle, slotFreed: make(chan struct{}, 1), work: make(chan Message), observe: true}
 	if cfg.Verify.Enabled {
-		w.checks = &pump{name: "state checks", src: deps.Checks, allowed: w.allowedChecks, handle: w.handleCheck, slotFreed: make(chan struct{}, 1)}
+		w.checks = &pump{name: "state checks", src: deps.Checks, allowed: w.allowedChecks, handle: w.handleCheck, slotFreed: make(chan struct{}, 1), work: make(chan Message)}
 	}
 	obs.CircuitOpen(false)
 	obs.Throttled(false)
@@ -232,6 +236,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		<-finished
 	}
 	cancelWork()
+	close(w.poolStop)
+	w.pool.Wait()
 	<-beatsDone
 	w.log.Info("worker stopped")
 	return nil
@@ -309,21 +315,44 @@ func (w *Worker) start(ctx, work context.Context, p *pump, m Message) {
 	}
 	w.handlers.Add(1)
 	w.beats.add(m, w.cfg.Now())
-	go func() {
-		defer w.handlers.Done()
-		defer func() {
-			w.beats.remove(m)
-			p.inflight.Add(-1)
-			if p.observe {
-				w.obs.InFlight(-1)
-			}
-			select {
-			case p.slotFreed <- struct{}{}:
-			default:
-			}
-		}()
-		p.handle(ctx, work, m)
+	select {
+	case p.work <- m: // an idle goroutine of the pump takes it
+	default:
+		w.pool.Add(1)
+		go w.serve(ctx, work, p, m)
+	}
+}
+
+// serve works m, then whatever else the pump hands it, until the pump stops. A pump keeps
+// its goroutines (at most its concurrency) instead of starting one per message: their
+// stacks have grown to what a Graph call and a publish need, and growing a fresh stack for
+// every message cost about a tenth of the CPU at full speed.
+func (w *Worker) serve(ctx, work context.Context, p *pump, m Message) {
+	defer w.pool.Done()
+	for {
+		w.handleOne(ctx, work, p, m)
+		select {
+		case m = <-p.work:
+		case <-w.poolStop:
+			return
+		}
+	}
+}
+
+func (w *Worker) handleOne(ctx, work context.Context, p *pump, m Message) {
+	defer w.handlers.Done()
+	defer func() {
+		w.beats.remove(m)
+		p.inflight.Add(-1)
+		if p.observe {
+			w.obs.InFlight(-1)
+		}
+		select {
+		case p.slotFreed <- struct{}{}:
+		default:
+		}
 	}()
+	p.handle(ctx, work, m)
 }
 
 // result is how a request ends.

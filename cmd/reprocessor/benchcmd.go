@@ -78,6 +78,9 @@ type benchResult struct {
 	RSSLastHalfMiB  float64 `json:"rssLastHalfMiB"`        // and in the second half: flat if close
 	BareIdsPerSec   float64 `json:"bareIdsPerSecond,omitempty"`
 	RatioToBare     float64 `json:"ratioToBare,omitempty"`
+	// The bare pipeline with one stored, acknowledged publish per id, as the worker's event.
+	BarePublishIdsPerSec float64 `json:"barePublishIdsPerSecond,omitempty"`
+	RatioToBarePublish   float64 `json:"ratioToBarePublish,omitempty"`
 }
 
 const benchPrefix = "bench.reprocess"
@@ -350,12 +353,17 @@ func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, s
 		if n == 0 {
 			n = f.ids
 		}
-		perSec, err := runBare(ctx, cfg, js, gt, n, log)
+		perSec, err := runBare(ctx, cfg, js, gt, n, false, log)
 		if err != nil {
 			return res, fmt.Errorf("bare pipeline: %w", err)
 		}
 		res.BareIdsPerSec = perSec
 		res.RatioToBare = res.IdsPerSecond / perSec
+		if perSec, err = runBare(ctx, cfg, js, gt, n, true, log); err != nil {
+			return res, fmt.Errorf("bare pipeline with publish: %w", err)
+		}
+		res.BarePublishIdsPerSec = perSec
+		res.RatioToBarePublish = res.IdsPerSecond / perSec
 	}
 	return res, nil
 }
@@ -568,7 +576,7 @@ func readRSS(pid int) uint64 {
 // runBare runs the bare pipeline over the same NATS server and simulated Graph: a work
 // queue of n ids, fetched, POSTed with the same Graph client and concurrency, acked;
 // nothing else (no events, no limiter, no retries). It returns ids per second.
-func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *graphtest.Server, n int, log *slog.Logger) (float64, error) {
+func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *graphtest.Server, n int, publish bool, log *slog.Logger) (float64, error) {
 	gt.SetRateLimit(0, 0)
 	env := gt.Env("")
 	m := metrics.New(prometheus.NewRegistry(), buildInfo())
@@ -586,6 +594,12 @@ func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *grapht
 		return 0, err
 	}
 	defer js.DeleteStream(context.WithoutCancel(ctx), "BENCH_BARE")
+	if publish {
+		if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_BARE_EVENTS", Subjects: []string{"bench.bare.events"}}); err != nil {
+			return 0, err
+		}
+		defer js.DeleteStream(context.WithoutCancel(ctx), "BENCH_BARE_EVENTS")
+	}
 	for i := range n {
 		if _, err := js.PublishAsync("bench.bare", []byte(benchID(i))); err != nil {
 			return 0, err
@@ -635,6 +649,12 @@ func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *grapht
 				_ = msg.Nak()
 				return
 			}
+			if publish {
+				if _, err := js.Publish(ctx, "bench.bare.events", msg.Data()); err != nil {
+					_ = msg.Nak()
+					return
+				}
+			}
 			_ = msg.Ack()
 			if int(done.Add(1)) == n {
 				close(finished)
@@ -657,6 +677,7 @@ func (r benchResult) print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "peak RSS       %.1f MiB (first half of the run %.1f, second half %.1f)\n", r.PeakRSSMiB, r.RSSFirstHalfMiB, r.RSSLastHalfMiB)
 	if r.BareIdsPerSec > 0 {
-		fmt.Fprintf(w, "bare pipeline  %.1f ids/s; the worker does %.2f of it\n", r.BareIdsPerSec, r.RatioToBare)
+		fmt.Fprintf(w, "bare pipeline  %.1f ids/s (fetch, POST, ack); the worker does %.2f of it\n", r.BareIdsPerSec, r.RatioToBare)
+		fmt.Fprintf(w, "bare + publish %.1f ids/s (fetch, POST, publish, ack); the worker does %.2f of it\n", r.BarePublishIdsPerSec, r.RatioToBarePublish)
 	}
 }
