@@ -140,12 +140,16 @@ func TestOutcomes(t *testing.T) {
 func TestRetryAfterPausesEveryCaller(t *testing.T) {
 	t.Parallel()
 	sys := newSystem(t, graphtest.Options{})
-	sys.startWorker(env{"REPROCESSOR_CONCURRENCY": "8"})
+	w := sys.startWorker(env{"REPROCESSOR_CONCURRENCY": "8"})
 	sys.gt.Throttle429(1, "1.5")
 	want := ids(20, 3)
-	// The first request meets the 429 alone; the others arrive while its Retry-After runs.
+	// The first request meets the 429 alone; the others arrive once the worker has seen it,
+	// while its Retry-After runs.
 	sys.publish([]byte(want[0]))
-	sys.waitFor("the 429", 10*time.Second, func() bool { return sys.gt.CallCount(graphtest.OpReprocess) == 1 })
+	sys.waitFor("the worker to see the 429", 10*time.Second, func() bool {
+		_, body := w.get("/metrics")
+		return strings.Contains(body, "\nreprocessor_throttled 1\n")
+	})
 	sys.publish(payloads(want[1:])...)
 	evs := sys.events(20)
 	if k := kinds(evs); k[worker.KindAccepted] != 20 {
