@@ -193,18 +193,22 @@ func (a *Adaptive) PeerThrottled() { a.cut("cut: another replica was throttled")
 func (a *Adaptive) cut(why string) (float64, bool) {
 	a.mu.Lock()
 	now := a.cfg.Now()
+	endsSlowStart := a.slowStart
 	a.slowStart = false
 	if !a.lastCut.IsZero() && now.Sub(a.lastCut) < a.cfg.Cooldown {
 		a.mu.Unlock()
 		return 0, false
 	}
 	a.lastCut = now
-	// Cut from the rate Graph admitted over the last second or two, when that is below the
-	// limiter's rate: a rate far above the limit (the slow start overshooting) then comes
-	// down in one step, not in several seconds of 429s.
+	// The cut that ends the slow start starts from the rate Graph admitted over the last
+	// second or two, when that is below the limiter's rate: a rate far above the limit (the
+	// doubling overshooting) then comes down in one step, not in several seconds of 429s.
+	// Later cuts start from the rate itself, as AIMD does: the admitted rate then also
+	// counts the time spent waiting out Retry-After, and cutting from it would sink the
+	// sawtooth below the limit.
 	base := a.rate
 	span := a.prevSpan + now.Sub(a.windowFrom)
-	if span >= 500*time.Millisecond {
+	if endsSlowStart && span >= 500*time.Millisecond {
 		if admitted := float64(a.prevCount+a.successes) / span.Seconds(); admitted > 0 {
 			base = min(base, admitted)
 		}

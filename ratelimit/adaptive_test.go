@@ -73,15 +73,24 @@ func TestSlowStartThenAdditive(t *testing.T) {
 	}
 }
 
-func TestCutFromTheRateAdmitted(t *testing.T) {
+func TestCutFromTheRateAdmittedOnlyToEndTheSlowStart(t *testing.T) {
 	t.Parallel()
 	a, c, _ := setup(t, Config{Ceiling: 1000, Initial: 400, Decrease: 0.5})
-	a.Adopt(400) // past the slow start
-	succeed(a, c, 200, time.Second)
-	succeed(a, c, 100, 500*time.Millisecond)
+	succeed(a, c, 100, 500*time.Millisecond) // slow start: 800/s, 200/s admitted
 	a.Throttled(time.Second, true)
 	if got := a.Rate(); !near(got, 100) {
-		t.Fatalf("rate %v, want 100: half the 200/s admitted, not half of 400", got)
+		t.Fatalf("rate %v, want 100: half the 200/s admitted, not half of 800", got)
+	}
+
+	// Past the slow start a cut starts from the rate: the admitted rate also counts time
+	// spent waiting out Retry-After, and cutting from it would sink the sawtooth.
+	b, c, _ := setup(t, Config{Ceiling: 1000, Initial: 400, Decrease: 0.5})
+	b.Adopt(400)
+	succeed(b, c, 200, time.Second)
+	succeed(b, c, 100, 500*time.Millisecond)
+	b.Throttled(time.Second, true)
+	if got := b.Rate(); !near(got, 210) {
+		t.Fatalf("rate %v, want 210: half of 420 (400 plus a busy second's step)", got)
 	}
 }
 

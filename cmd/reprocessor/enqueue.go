@@ -508,7 +508,12 @@ func (e *enqueuer) listGraph(ctx context.Context, fn func(idlist.ID) error) erro
 	go func() { defer close(credDone); cred.Run(credCtx) }()
 	defer func() { stopCred(); <-credDone }()
 	var limiter bulk.Limiter
-	if e.cfg.Rate > 0 {
+	switch {
+	case e.cfg.RateAuto:
+		// Listing makes one call per page of up to 999 assignments, so it never needs more
+		// than the auto rate's starting point; Retry-After is honoured on top.
+		limiter = rate.NewLimiter(rate.Limit(e.cfg.RateInitial), 1)
+	case e.cfg.Rate > 0:
 		limiter = rate.NewLimiter(rate.Limit(e.cfg.Rate), max(1, int(e.cfg.Rate/10)))
 	}
 	return bulk.ListFromGraph(ctx, client, bulk.ListConfig{
