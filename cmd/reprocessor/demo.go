@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -67,6 +68,14 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	cfg.GraphURL, cfg.Cloud = gt.URL, "public"
 	cfg.AzureAuthorityHost = env("AZURE_AUTHORITY_HOST")
 
+	if cfg.HTTPAddr != "" {
+		// Something else on the metrics port should not stop a demo: take a free one.
+		if ln, err := net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			cfg.HTTPAddr = "127.0.0.1:0"
+		} else {
+			ln.Close()
+		}
+	}
 	if getenv("REPROCESSOR_VERIFY_DELAY") == "" {
 		cfg.VerifyDelay = time.Second // the simulated assignments settle in a few seconds
 	}
