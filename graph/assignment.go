@@ -3,6 +3,7 @@ package graph
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 )
 
 // Assignment states of v1.0 (a closed enum in Graph's schema; any other value is kept as is).
@@ -53,13 +54,20 @@ type wireAssignment struct {
 
 func (w wireAssignment) assignment(beta bool) Assignment {
 	if !beta {
-		return Assignment{ID: w.ID, State: w.State, Status: w.Status}
+		return Assignment{ID: w.ID, State: canonicalState(w.State), Status: w.Status}
 	}
-	state := w.AssignmentState
-	if v, ok := betaStates[state]; ok {
-		state = v
+	return Assignment{ID: w.ID, State: canonicalState(w.AssignmentState), Status: w.AssignmentStatus}
+}
+
+// canonicalState returns a known state in v1.0's camelCase whatever its case (beta sends
+// "Delivered", and a state is not worth failing over its case); any other value as sent.
+func canonicalState(s string) string {
+	for _, v := range betaStates {
+		if strings.EqualFold(s, v) {
+			return v
+		}
 	}
-	return Assignment{ID: w.ID, State: state, Status: w.AssignmentStatus}
+	return s
 }
 
 // Page is one page of a list of assignments.

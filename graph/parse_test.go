@@ -158,6 +158,9 @@ func TestDecodeAssignment(t *testing.T) {
 		{`{"id":"a","assignmentState":"Delivering"}`, true, Assignment{"a", "delivering", ""}},
 		{`{"id":"a","assignmentState":"Expired"}`, true, Assignment{"a", "expired", ""}},
 		{`{"id":"a","assignmentState":"BrandNew"}`, true, Assignment{"a", "BrandNew", ""}},
+		{`{"id":"a","state":"Delivered"}`, false, Assignment{"a", "delivered", ""}},
+		{`{"id":"a","assignmentState":"deliveryfailed"}`, true, Assignment{"a", "deliveryFailed", ""}},
+		{`{"id":"a","state":"UNKNOWNFUTUREVALUE"}`, false, Assignment{"a", "unknownFutureValue", ""}},
 	}
 	for _, tt := range tests {
 		got, err := decodeAssignment([]byte(tt.body), tt.beta)
