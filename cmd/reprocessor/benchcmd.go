@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -106,6 +107,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	fs.BoolVar(&f.bare, "bare", true, "also run the bare pipeline (fetch, POST, ack) and print the ratio")
 	fs.Float64Var(&f.publishRate, "publish-rate", 0, "ids published per second; 0 as fast as possible")
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (workers, NATS, simulated Graph) to this file")
 	load := BindConfig(fs, benchEnv(getenv))
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -123,6 +125,19 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		fmt.Fprintf(stderr, "reprocessor bench: %v\n", err)
 		return exitUsage
+	}
+	if *cpuProfile != "" {
+		pf, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "reprocessor bench: %v\n", err)
+			return exitUsage
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			fmt.Fprintf(stderr, "reprocessor bench: %v\n", err)
+			return exitFailed
+		}
+		defer pprof.StopCPUProfile()
 	}
 	res, err := runBench(ctx, cfg, f, log, stderr)
 	if err != nil {
