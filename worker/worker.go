@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -352,7 +353,35 @@ func (w *Worker) handleOne(ctx, work context.Context, p *pump, m Message) {
 		default:
 		}
 	}()
+	defer w.recoverPanic(work, p, m)
 	p.handle(ctx, work, m)
+}
+
+// recoverPanic keeps a bug met by one message from taking the process down: the server
+// would deliver the message again to the restarted process, which would crash again, for
+// ever. The message is handed back for a later delivery; a request that has panicked on
+// MaxDeliver deliveries ends failed (retries_exhausted), so that it reaches the dead-letter
+// stream instead of circling.
+func (w *Worker) recoverPanic(work context.Context, p *pump, m Message) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	d := m.Delivery()
+	w.log.Error("a message made the worker panic: this is a bug", "from", p.name, "stream_seq", d.StreamSeq,
+		"delivery", d.NumDelivered, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+	if p == w.requests && d.NumDelivered >= uint64(w.cfg.MaxDeliver) {
+		defer func() {
+			if recover() != nil {
+				w.handBack(m, d, 30*time.Second, "panicked again while settling")
+			}
+		}()
+		req, _ := Decode(d.Data)
+		detail := fmt.Sprintf("gave up after %d deliveries: the worker panicked: %v", d.NumDelivered, r)
+		w.settle(work, m, d, req, result{kind: KindFailed, code: CodeRetriesExhausted, detail: detail}, w.cfg.Now())
+		return
+	}
+	w.handBack(m, d, 30*time.Second, "the worker panicked")
 }
 
 // result is how a request ends.

@@ -347,3 +347,32 @@ func TestFeedbackAndSharedPauses(t *testing.T) {
 		t.Fatal("PauseUntil did not close the gate")
 	}
 }
+
+// TestPanicIsContained: a message that makes the worker panic is handed back, and ends
+// failed (dead-lettered) on its last delivery, while the process goes on.
+func TestPanicIsContained(t *testing.T) {
+	t.Parallel()
+	bad := guid(66)
+	s := newSetup(t, Config{MaxDeliver: 2}, func(ctx context.Context, id string) (Response, error) {
+		if id == bad {
+			panic("boom")
+		}
+		return Response{Status: 202}, nil
+	})
+	first := s.send(bad, 1)
+	waitFor(t, "the first delivery handed back", func() bool { first.mu.Lock(); defer first.mu.Unlock(); return len(first.naks) == 1 })
+	s.send(guid(1), 1)
+	waitFor(t, "an unrelated request accepted", func() bool { return s.sink.kinds()[KindAccepted] == 1 })
+	last := s.send(bad, 2)
+	waitFor(t, "the last delivery failed", func() bool { return s.sink.kinds()[KindFailed] == 1 })
+	s.sink.mu.Lock()
+	defer s.sink.mu.Unlock()
+	if len(s.sink.dls) != 1 || s.sink.dls[0].Code != CodeRetriesExhausted {
+		t.Fatalf("dead letters %+v", s.sink.dls)
+	}
+	last.mu.Lock()
+	defer last.mu.Unlock()
+	if last.acks != 1 {
+		t.Fatalf("last delivery acks=%d naks=%v", last.acks, last.naks)
+	}
+}
