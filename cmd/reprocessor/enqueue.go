@@ -527,18 +527,24 @@ func (e *enqueuer) listGraph(ctx context.Context, fn func(idlist.ID) error) erro
 // startProgress shows progress until the returned function is called: a bar redrawn on a
 // terminal, else a line every few seconds.
 func (e *enqueuer) startProgress(started time.Time) func() {
-	every := e.io.progress
-	if every == 0 {
-		every = 5 * time.Second
+	return e.every(func() { e.showProgress(started) })
+}
+
+// every calls show on a ticker (quickly on a terminal, every few seconds otherwise) until
+// the returned function is called, which clears the terminal's progress line.
+func (e *enqueuer) every(show func()) func() {
+	interval := e.io.progress
+	if interval == 0 {
+		interval = 5 * time.Second
 		if e.io.tty {
-			every = 250 * time.Millisecond
+			interval = 250 * time.Millisecond
 		}
 	}
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(every)
+		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
 			select {
@@ -548,7 +554,7 @@ func (e *enqueuer) startProgress(started time.Time) func() {
 				}
 				return
 			case <-t.C:
-				e.showProgress(started)
+				show()
 			}
 		}
 	}()
@@ -606,41 +612,18 @@ func (e *enqueuer) follow(ctx context.Context, js jetstream.JetStream, eventsSub
 		wctx, cancel = context.WithTimeout(ctx, e.f.timeout)
 	}
 	defer cancel()
-	stop := make(chan struct{})
-	shown := make(chan struct{})
-	go func() {
-		defer close(shown)
-		every := e.io.progress
-		if every == 0 {
-			every = 5 * time.Second
-			if e.io.tty {
-				every = 250 * time.Millisecond
-			}
+	stopShowing := e.every(func() {
+		counts, remaining := e.tracker.Counts()
+		line := fmt.Sprintf("waiting: %s; %d to go", bulk.Line(counts), remaining)
+		if e.io.tty {
+			fmt.Fprintf(e.io.stderr, "\r\033[K%s", line)
+		} else {
+			fmt.Fprintln(e.io.stderr, line)
 		}
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				if e.io.tty {
-					fmt.Fprint(e.io.stderr, "\r\033[K")
-				}
-				return
-			case <-t.C:
-				counts, remaining := e.tracker.Counts()
-				line := fmt.Sprintf("waiting: %s; %d to go", bulk.Line(counts), remaining)
-				if e.io.tty {
-					fmt.Fprintf(e.io.stderr, "\r\033[K%s", line)
-				} else {
-					fmt.Fprintln(e.io.stderr, line)
-				}
-			}
-		}
-	}()
+	})
 	stream := cmp.Or(queueConfig(e.cfg).EventsStream, queue.DefaultEventsStream)
 	err := bulk.Follow(wctx, js, stream, eventsSubject, since, e.tracker)
-	close(stop)
-	<-shown
+	stopShowing()
 	switch {
 	case err == nil:
 		return exitOK
