@@ -119,31 +119,27 @@ func (q *Queue) streamConfigs() []jetstream.StreamConfig {
 
 // verifyConsumerConfig returns the durable pull consumer of state checks.
 func (q *Queue) verifyConsumerConfig() jetstream.ConsumerConfig {
-	return jetstream.ConsumerConfig{
-		Durable:       q.cfg.VerifyDurable,
-		Description:   "reprocessor: state checks",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       q.cfg.AckWait,
-		MaxAckPending: q.cfg.VerifyMaxAckPending,
-		MaxDeliver:    -1,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		FilterSubject: q.verifySubject,
-	}
+	return q.pullConsumer(q.cfg.VerifyDurable, "reprocessor: state checks", q.cfg.VerifyMaxAckPending, q.verifySubject)
 }
 
-// consumerConfig returns the durable pull consumer as Setup wants it. MaxDeliver is
-// unlimited: the worker counts deliveries itself and dead-letters past its own limit, so
-// the server never drops a message silently.
+// consumerConfig returns the durable pull consumer of requests as Setup wants it.
 func (q *Queue) consumerConfig() jetstream.ConsumerConfig {
+	return q.pullConsumer(q.cfg.Durable, "reprocessor: request worker", q.cfg.MaxAckPending, q.requestsSubject)
+}
+
+// pullConsumer is a durable pull consumer with explicit acks. MaxDeliver is unlimited: the
+// worker counts deliveries itself and dead-letters past its own limit, so the server never
+// drops a message silently.
+func (q *Queue) pullConsumer(durable, description string, maxAckPending int, subject string) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
-		Durable:       q.cfg.Durable,
-		Description:   "reprocessor: request worker",
+		Durable:       durable,
+		Description:   description,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       q.cfg.AckWait,
-		MaxAckPending: q.cfg.MaxAckPending,
+		MaxAckPending: maxAckPending,
 		MaxDeliver:    -1,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
-		FilterSubject: q.requestsSubject,
+		FilterSubject: subject,
 	}
 }
 
