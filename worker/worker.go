@@ -549,7 +549,6 @@ func (w *Worker) pace(ctx context.Context) error {
 func (w *Worker) settle(work context.Context, m Message, d Delivery, req Request, res result, began time.Time) bool {
 	now := w.cfg.Now()
 	ev := w.event(d, req, res, now)
-	log := w.logFor(d, req)
 	deadLetter := res.kind == KindFailed || res.kind == KindRejected
 	if deadLetter {
 		dl := DeadLetter{Code: res.code, Detail: res.detail, Attempts: res.attempts}
@@ -572,7 +571,7 @@ func (w *Worker) settle(work context.Context, m Message, d Delivery, req Request
 		return false
 	}
 	if err := m.Ack(); err != nil {
-		log.Warn("ack failed; the message will be redelivered and settled again without a duplicate event", "err", err)
+		w.logFor(d, req).Warn("ack failed; the message will be redelivered and settled again without a duplicate event", "err", err)
 	}
 	w.obs.EventPublished(res.kind)
 	if deadLetter {
@@ -582,11 +581,14 @@ func (w *Worker) settle(work context.Context, m Message, d Delivery, req Request
 	switch res.kind {
 	case KindAccepted:
 		w.obs.LastSuccess(now)
-		log.Debug("accepted", "attempts", res.attempts, "graph_request_id", res.resp.RequestID, "client_request_id", res.resp.ClientRequestID)
+		// Most requests end here: build the logger only when debug lines are kept.
+		if w.log.Enabled(work, slog.LevelDebug) {
+			w.logFor(d, req).Debug("accepted", "attempts", res.attempts, "graph_request_id", res.resp.RequestID, "client_request_id", res.resp.ClientRequestID)
+		}
 	case KindCoalesced:
-		log.Debug("coalesced with a request for the same id")
+		w.logFor(d, req).Debug("coalesced with a request for the same id")
 	default:
-		log.Warn(res.kind, "code", res.code, "detail", res.detail, "attempts", res.attempts, "http_status", res.resp.Status,
+		w.logFor(d, req).Warn(res.kind, "code", res.code, "detail", res.detail, "attempts", res.attempts, "http_status", res.resp.Status,
 			"graph_request_id", res.resp.RequestID, "client_request_id", res.resp.ClientRequestID)
 	}
 	return true
