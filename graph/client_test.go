@@ -60,6 +60,7 @@ func setup(t *testing.T, o setupOpts) *bundle {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(cred.Close)
 	client, err := graph.New(graph.Config{BaseURL: srv.URL, APIVersion: o.version, Timeout: o.timeout,
 		HTTPClient: srv.Client(), Tokens: cred, Logger: logger, Observe: o.observe})
 	if err != nil {
@@ -569,6 +570,7 @@ func TestCredentialKinds(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
+		t.Cleanup(cred.Close)
 		if cred.Kind() != tt.kind || cred.Scope() != srv.URL+"/.default" {
 			t.Errorf("%s: kind %q scope %q", tt.name, cred.Kind(), cred.Scope())
 		}

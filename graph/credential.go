@@ -75,6 +75,14 @@ type Credential struct {
 	now     func() time.Time
 	flight  singleflight.Group
 
+	// life bounds every token request: Close cancels it and waits for those under way, so
+	// that none outlives the credential (a request may otherwise sit in azcore's retry
+	// backoff for up to fetchTimeout after its callers have gone).
+	life     context.Context
+	stop     context.CancelFunc
+	requests sync.WaitGroup
+	closed   bool // guarded by mu
+
 	mu        sync.Mutex
 	cred      azcore.TokenCredential
 	token     string
@@ -118,6 +126,7 @@ func NewCredential(env func(string) string, c Cloud, opts CredentialOptions) (*C
 		log:   cmp.Or(opts.Logger, slog.New(slog.DiscardHandler)),
 		now:   time.Now,
 	}
+	cr.life, cr.stop = context.WithCancel(context.Background())
 	needIDs := func() error {
 		if tenant == "" || client == "" {
 			return fmt.Errorf("credential: %s needs %s and %s", cr.kind, EnvTenantID, EnvClientID)
@@ -250,7 +259,15 @@ func (c *Credential) Refresh(ctx context.Context, stale string) (string, error) 
 // ends stops waiting without cancelling the request for the others.
 func (c *Credential) fetch(ctx context.Context, key string, fresh bool) (string, error) {
 	ch := c.flight.DoChan(key, func() (any, error) {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return "", fmt.Errorf("%w: the credential is closed", ErrToken)
+		}
+		c.requests.Add(1)
+		c.mu.Unlock()
+		defer c.requests.Done()
+		fctx, cancel := context.WithTimeout(c.life, fetchTimeout)
 		defer cancel()
 		return c.obtain(fctx, fresh)
 	})
@@ -331,6 +348,16 @@ func (c *Credential) Run(ctx context.Context) {
 		c.mu.Unlock()
 		timer.Reset(wait)
 	}
+}
+
+// Close cancels the token requests under way and waits for them to end; the credential
+// gives no token after it.
+func (c *Credential) Close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.stop()
+	c.requests.Wait()
 }
 
 // Ready reports whether a token that has not expired is held.

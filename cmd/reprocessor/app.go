@@ -158,7 +158,7 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 	credReady.Store(cred)
 	credDone := make(chan struct{})
 	go func() { defer close(credDone); cred.Run(credCtx) }()
-	defer func() { stopCred(); <-credDone }()
+	defer func() { stopCred(); <-credDone; cred.Close() }()
 	log.Info("Graph client ready", "graph_url", cfg.GraphURL, "api_version", cfg.GraphAPIVersion, "credential", cred.Kind())
 
 	rc, err := startRateControl(cfg, nc, m, log)

@@ -602,7 +602,7 @@ func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *grapht
 	credCtx, stopCred := context.WithCancel(ctx)
 	credDone := make(chan struct{})
 	go func() { defer close(credDone); cred.Run(credCtx) }()
-	defer func() { stopCred(); <-credDone }()
+	defer func() { stopCred(); <-credDone; cred.Close() }()
 
 	stream, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_BARE", Subjects: []string{"bench.bare"}, Retention: jetstream.WorkQueuePolicy})
 	if err != nil {

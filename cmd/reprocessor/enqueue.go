@@ -506,7 +506,7 @@ func (e *enqueuer) listGraph(ctx context.Context, fn func(idlist.ID) error) erro
 	credCtx, stopCred := context.WithCancel(ctx)
 	credDone := make(chan struct{})
 	go func() { defer close(credDone); cred.Run(credCtx) }()
-	defer func() { stopCred(); <-credDone }()
+	defer func() { stopCred(); <-credDone; cred.Close() }()
 	var limiter bulk.Limiter
 	switch {
 	case e.cfg.RateAuto:
