@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -73,14 +74,17 @@ type benchResult struct {
 	ToEventP50MS    float64 `json:"publishToEventP50Ms"`
 	ToEventP95MS    float64 `json:"publishToEventP95Ms"`
 	ToEventP99MS    float64 `json:"publishToEventP99Ms"`
-	PeakHeapMiB     float64 `json:"peakHeapMiB,omitempty"` // in-process: the whole bench process
-	PeakRSSMiB      float64 `json:"peakRssMiB"`            // the workers' (children with --processes, else this process)
-	RSSFirstHalfMiB float64 `json:"rssFirstHalfMiB"`       // the highest RSS in the first half of the run
-	RSSLastHalfMiB  float64 `json:"rssLastHalfMiB"`        // and in the second half: flat if close
+	CPUPerIDMicros  float64 `json:"cpuPerIdMicros,omitempty"` // in-process: the whole bench process's CPU time per completed id
+	PeakHeapMiB     float64 `json:"peakHeapMiB,omitempty"`    // in-process: the whole bench process
+	PeakRSSMiB      float64 `json:"peakRssMiB"`               // the workers' (children with --processes, else this process)
+	RSSFirstHalfMiB float64 `json:"rssFirstHalfMiB"`          // the highest RSS in the first half of the run
+	RSSLastHalfMiB  float64 `json:"rssLastHalfMiB"`           // and in the second half: flat if close
 	BareIdsPerSec   float64 `json:"bareIdsPerSecond,omitempty"`
+	BareCPUPerID    float64 `json:"bareCpuPerIdMicros,omitempty"`
 	RatioToBare     float64 `json:"ratioToBare,omitempty"`
 	// The bare pipeline with one stored, acknowledged publish per id, as the worker's event.
 	BarePublishIdsPerSec float64 `json:"barePublishIdsPerSecond,omitempty"`
+	BarePublishCPUPerID  float64 `json:"barePublishCpuPerIdMicros,omitempty"`
 	RatioToBarePublish   float64 `json:"ratioToBarePublish,omitempty"`
 }
 
@@ -188,46 +192,117 @@ func benchIndex(id string) (int, bool) {
 	return int(n), err == nil
 }
 
-// benchClock records, per id, when it was published and when its terminal event came.
+// benchClock records, per id, when it was published and when its terminal event was stored.
+// The events are read back from the events stream after the run, not watched while it
+// runs: a live subscriber would make the server copy every event once more and this
+// process decode it, work the bare pipeline does not pay for.
 type benchClock struct {
 	start     time.Time
 	published []atomic.Int64 // ns since start
-	ended     []atomic.Int64
-	completed atomic.Int64
-	accepted  atomic.Int64
-	lastEnd   atomic.Int64
-	all       chan struct{}
-	allOnce   sync.Once
+	ended     []int64
+	completed int
+	accepted  int
+	lastEnd   int64
 }
 
 func (b *benchClock) since() int64 { return max(int64(time.Since(b.start)), 1) }
 
-// onEvent counts terminal events (the first per id).
-func (b *benchClock) onEvent(m *nats.Msg) {
+// terminalKinds are the events that end a request.
+var terminalKinds = []string{"accepted", "failed", "rejected", "coalesced"}
+
+// waitWorked returns once every request has been acknowledged (each one is acknowledged
+// only after its terminal event is stored), after the publisher is done, or when stop or
+// ctx ends the wait first.
+func waitWorked(ctx context.Context, cons jetstream.Consumer, published <-chan struct{}, stop <-chan time.Time) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		select {
+		case <-published:
+		default:
+			continue
+		}
+		info, err := cons.Info(ctx)
+		if err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
+			return
+		}
+	}
+}
+
+// readEvents reads the terminal events stored up to end (ns since start; 0 for all) and
+// records, per id, when its first one was stored.
+func (b *benchClock) readEvents(ctx context.Context, js jetstream.JetStream, stream, prefix string, end int64) error {
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return err
+	}
+	filters := make([]string, len(terminalKinds))
+	for i, k := range terminalKinds {
+		filters[i] = prefix + ".events." + k
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return err
+	}
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: filters})
+	if err != nil {
+		return err
+	}
+	b.ended = make([]int64, len(b.published))
+	for {
+		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return err
+		}
+		n, pending := 0, uint64(0)
+		for m := range batch.Messages() {
+			n++
+			meta, err := m.Metadata()
+			if err != nil {
+				return err
+			}
+			pending = meta.NumPending
+			b.record(m.Data(), meta.Timestamp.Sub(b.start).Nanoseconds(), end)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		if n == 0 || pending == 0 {
+			return nil
+		}
+	}
+}
+
+// record counts a terminal event stored at (ns since start), the first for its id, unless
+// it came after end.
+func (b *benchClock) record(data []byte, at, end int64) {
 	var e struct {
 		Type    string `json:"type"`
 		Subject string `json:"subject"`
 	}
-	if json.Unmarshal(m.Data, &e) != nil {
-		return
-	}
-	kind := strings.TrimPrefix(e.Type, "entitlement.reprocess.")
-	switch kind {
-	case "accepted", "failed", "rejected", "coalesced":
-	default:
+	if json.Unmarshal(data, &e) != nil || (end > 0 && at > end) {
 		return
 	}
 	i, ok := benchIndex(e.Subject)
-	if !ok || i >= len(b.ended) || !b.ended[i].CompareAndSwap(0, b.since()) {
+	if !ok || i >= len(b.ended) || b.ended[i] != 0 {
 		return
 	}
-	if kind == "accepted" {
-		b.accepted.Add(1)
+	b.ended[i] = max(at, 1)
+	b.completed++
+	if e.Type == "entitlement.reprocess.accepted" {
+		b.accepted++
 	}
-	b.lastEnd.Store(b.since())
-	if int(b.completed.Add(1)) == len(b.ended) {
-		b.allOnce.Do(func() { close(b.all) })
-	}
+	b.lastEnd = max(b.lastEnd, at)
 }
 
 func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, stderr io.Writer) (benchResult, error) {
@@ -274,15 +349,13 @@ func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, s
 		return res, err
 	}
 
-	bc := &benchClock{published: make([]atomic.Int64, f.ids), ended: make([]atomic.Int64, f.ids), all: make(chan struct{})}
+	bc := &benchClock{published: make([]atomic.Int64, f.ids)}
 	bc.start = time.Now()
-	sub, err := nc.Subscribe(cfg.SubjectPrefix+".events.>", bc.onEvent)
+	requests := cfg.SubjectPrefix + ".requests"
+	cons, err := js.Consumer(ctx, queue.DefaultRequestsStream, queue.DefaultDurable)
 	if err != nil {
 		return res, err
 	}
-	defer sub.Unsubscribe()
-	_ = sub.SetPendingLimits(-1, -1)
-	requests := cfg.SubjectPrefix + ".requests"
 
 	if f.preload {
 		if err := benchPublish(ctx, js, requests, bc, 0); err != nil {
@@ -294,11 +367,17 @@ func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, s
 	if err != nil {
 		return res, err
 	}
-	workStart := bc.since()
+	workStart, cpuStart := bc.since(), processCPU()
 	pubErr := make(chan error, 1)
+	published := make(chan struct{})
 	if !f.preload {
-		go func() { pubErr <- benchPublish(ctx, js, requests, bc, f.publishRate) }()
+		go func() {
+			err := benchPublish(ctx, js, requests, bc, f.publishRate)
+			close(published)
+			pubErr <- err
+		}()
 	} else {
+		close(published)
 		pubErr <- nil
 	}
 	sampleCtx, stopSampling := context.WithCancel(ctx)
@@ -310,24 +389,26 @@ func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, s
 		defer t.Stop()
 		limit = t.C
 	}
-	select {
-	case <-bc.all:
-	case <-limit:
-	case <-ctx.Done():
-	}
-	end := bc.since()
-	if f.duration == 0 || bc.completed.Load() == int64(f.ids) {
-		end = bc.lastEnd.Load()
-	}
+	waitWorked(ctx, cons, published, limit)
+	end, cpu := bc.since(), processCPU()-cpuStart
 	stopSampling()
 	<-sampled
 	workers.stop()
 	if err := <-pubErr; err != nil && ctx.Err() == nil {
 		fmt.Fprintf(stderr, "reprocessor bench: publish: %v\n", err)
 	}
+	if err := bc.readEvents(context.WithoutCancel(ctx), js, queue.DefaultEventsStream, cfg.SubjectPrefix, end); err != nil {
+		return res, fmt.Errorf("read the events: %w", err)
+	}
+	if bc.completed == f.ids {
+		end = bc.lastEnd
+	}
 
 	res.Seconds = float64(end-workStart) / 1e9
-	res.Completed, res.Accepted = int(bc.completed.Load()), int(bc.accepted.Load())
+	res.Completed, res.Accepted = bc.completed, bc.accepted
+	if !f.processes && res.Completed > 0 {
+		res.CPUPerIDMicros = math.Round(float64(cpu)/1e3/float64(res.Completed)*10) / 10
+	}
 	res.IdsPerSecond = float64(res.Completed) / res.Seconds
 	res.AcceptedPerSec = float64(res.Accepted) / res.Seconds
 	res.GraphCalls = gt.CallCount(graphtest.OpReprocess)
@@ -352,7 +433,7 @@ func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, s
 	}
 	res.ThrottledShare = float64(res.Throttled) / float64(max(recorded, 1))
 	for i := range bc.ended {
-		if e, p := bc.ended[i].Load(), bc.published[i].Load(); e > 0 && p > 0 {
+		if e, p := bc.ended[i], bc.published[i].Load(); e > 0 && p > 0 {
 			toEvent = append(toEvent, float64(e-p)/1e6)
 		}
 	}
@@ -368,16 +449,16 @@ func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, s
 		if n == 0 {
 			n = f.ids
 		}
-		perSec, err := runBare(ctx, cfg, js, gt, n, false, log)
+		perSec, cpu, err := runBare(ctx, cfg, js, gt, n, false, log)
 		if err != nil {
 			return res, fmt.Errorf("bare pipeline: %w", err)
 		}
-		res.BareIdsPerSec = perSec
+		res.BareIdsPerSec, res.BareCPUPerID = perSec, cpu
 		res.RatioToBare = res.IdsPerSecond / perSec
-		if perSec, err = runBare(ctx, cfg, js, gt, n, true, log); err != nil {
+		if perSec, cpu, err = runBare(ctx, cfg, js, gt, n, true, log); err != nil {
 			return res, fmt.Errorf("bare pipeline with publish: %w", err)
 		}
-		res.BarePublishIdsPerSec = perSec
+		res.BarePublishIdsPerSec, res.BarePublishCPUPerID = perSec, cpu
 		res.RatioToBarePublish = res.IdsPerSecond / perSec
 	}
 	return res, nil
@@ -590,14 +671,15 @@ func readRSS(pid int) uint64 {
 
 // runBare runs the bare pipeline over the same NATS server and simulated Graph: a work
 // queue of n ids, fetched, POSTed with the same Graph client and concurrency, acked;
-// nothing else (no events, no limiter, no retries). It returns ids per second.
-func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *graphtest.Server, n int, publish bool, log *slog.Logger) (float64, error) {
+// nothing else (no events, no limiter, no retries). It returns ids per second and the
+// process's CPU time per id in microseconds.
+func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *graphtest.Server, n int, publish bool, log *slog.Logger) (perSec, cpuPerID float64, err error) {
 	gt.SetRateLimit(0, 0)
 	env := gt.Env("")
 	m := metrics.New(prometheus.NewRegistry(), buildInfo())
 	cred, client, err := newGraph(cfg, func(k string) string { return env[k] }, gt.Client(), m, log)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	credCtx, stopCred := context.WithCancel(ctx)
 	credDone := make(chan struct{})
@@ -606,46 +688,46 @@ func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *grapht
 
 	stream, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_BARE", Subjects: []string{"bench.bare"}, Retention: jetstream.WorkQueuePolicy})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer js.DeleteStream(context.WithoutCancel(ctx), "BENCH_BARE")
 	if publish {
 		if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_BARE_EVENTS", Subjects: []string{"bench.bare.events"}}); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		defer js.DeleteStream(context.WithoutCancel(ctx), "BENCH_BARE_EVENTS")
 	}
 	for i := range n {
 		if _, err := js.PublishAsync("bench.bare", []byte(benchID(i))); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		if i%10_000 == 9_999 {
 			if err := waitPublished(ctx, js); err != nil {
-				return 0, err
+				return 0, 0, err
 			}
 		}
 	}
 	if err := waitPublished(ctx, js); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "bare", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 4 * cfg.Concurrency})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	for !cred.Ready() { // the token comes first, as it does for the worker
 		select {
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return 0, 0, ctx.Err()
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	start := time.Now()
+	start, cpuStart := time.Now(), processCPU()
 	var done atomic.Int64
 	finished := make(chan struct{})
 	slots := make(chan struct{}, cfg.Concurrency)
 	it, err := cons.Messages(jetstream.PullMaxMessages(2 * cfg.Concurrency))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	var wg sync.WaitGroup
 	go func() {
@@ -677,7 +759,8 @@ func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *grapht
 		})
 	}
 	wg.Wait()
-	return float64(n) / time.Since(start).Seconds(), nil
+	cpu := processCPU() - cpuStart
+	return float64(n) / time.Since(start).Seconds(), math.Round(float64(cpu)/1e3/float64(n)*10) / 10, nil
 }
 
 func (r benchResult) print(w io.Writer) {
@@ -687,12 +770,24 @@ func (r benchResult) print(w io.Writer) {
 	fmt.Fprintf(w, "graph calls    %d, %.3f per id, %d answered 429 (%.2f%%)\n", r.GraphCalls, r.CallsPerID, r.Throttled, 100*r.ThrottledShare)
 	fmt.Fprintf(w, "publish→call   p50 %.1fms  p95 %.1fms  p99 %.1fms\n", r.ToCallP50MS, r.ToCallP95MS, r.ToCallP99MS)
 	fmt.Fprintf(w, "publish→event  p50 %.1fms  p95 %.1fms  p99 %.1fms\n", r.ToEventP50MS, r.ToEventP95MS, r.ToEventP99MS)
+	if r.CPUPerIDMicros > 0 {
+		fmt.Fprintf(w, "CPU per id     %.1f µs (this whole process: workers, NATS, simulated Graph)\n", r.CPUPerIDMicros)
+	}
 	if r.PeakHeapMiB > 0 {
 		fmt.Fprintf(w, "peak heap      %.1f MiB (this whole process)\n", r.PeakHeapMiB)
 	}
 	fmt.Fprintf(w, "peak RSS       %.1f MiB (first half of the run %.1f, second half %.1f)\n", r.PeakRSSMiB, r.RSSFirstHalfMiB, r.RSSLastHalfMiB)
 	if r.BareIdsPerSec > 0 {
-		fmt.Fprintf(w, "bare pipeline  %.1f ids/s (fetch, POST, ack); the worker does %.2f of it\n", r.BareIdsPerSec, r.RatioToBare)
-		fmt.Fprintf(w, "bare + publish %.1f ids/s (fetch, POST, publish, ack); the worker does %.2f of it\n", r.BarePublishIdsPerSec, r.RatioToBarePublish)
+		fmt.Fprintf(w, "bare pipeline  %.1f ids/s, %.1f µs CPU per id (fetch, POST, ack); the worker does %.2f of it\n", r.BareIdsPerSec, r.BareCPUPerID, r.RatioToBare)
+		fmt.Fprintf(w, "bare + publish %.1f ids/s, %.1f µs CPU per id (fetch, POST, publish, ack); the worker does %.2f of it\n", r.BarePublishIdsPerSec, r.BarePublishCPUPerID, r.RatioToBarePublish)
 	}
+}
+
+// processCPU is the CPU time this process has used, user and system, in nanoseconds.
+func processCPU() int64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }
