@@ -21,6 +21,7 @@ var ErrNotProvisioned = errors.New("jetstream assets not provisioned")
 type Queue struct {
 	cfg      Config
 	js       jetstream.JetStream
+	pub      jetstream.JetStream // publishes events and checks asynchronously on the same connection
 	nc       *nats.Conn
 	consumer jetstream.Consumer
 	checks   jetstream.Consumer
@@ -45,7 +46,11 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config, logger *slog
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	q := &Queue{cfg: cfg, js: js, nc: js.Conn(), logger: logger}
+	pub, err := jetstream.New(js.Conn(), jetstream.WithPublishAsyncTimeout(publishAckTimeout), jetstream.WithPublishAsyncMaxPending(maxPendingPublishes))
+	if err != nil {
+		return nil, err
+	}
+	q := &Queue{cfg: cfg, js: js, pub: pub, nc: js.Conn(), logger: logger}
 	q.requestsSubject, q.eventsPrefix, q.dlqSubject = cfg.Subjects()
 	q.verifySubject = cfg.VerifySubject()
 
