@@ -113,16 +113,42 @@ type Worker struct {
 	credDown atomic.Bool
 }
 
-// pump feeds one source's messages to a handler, at most allowed() at once.
+// pump feeds one source's messages to a handler, at most allowed() at once. While every
+// slot is allowed it also keeps up to prefetch more messages fetched and waiting for a free
+// goroutine, so that a goroutine done with one message starts the next at once instead of
+// waiting out a pull request's round trip.
 type pump struct {
-	name      string
-	src       Source
-	allowed   func() int
-	handle    func(ctx, work context.Context, m Message)
-	inflight  atomic.Int64
-	slotFreed chan struct{}
-	work      chan Message // hands a message to an idle goroutine
-	observe   bool         // report in-flight counts to the Observer
+	name       string
+	src        Source
+	allowed    func() int
+	full       int // allowed() when nothing holds work back: the most goroutines
+	prefetch   int
+	handle     func(ctx, work context.Context, m Message)
+	inflight   atomic.Int64 // fetched and not yet settled, waiting ones included
+	goroutines int          // started by start, which only the fetch loop calls
+	slotFreed  chan struct{}
+	work       chan Message // hands a message to an idle goroutine
+	waiting    chan Message // fetched messages no goroutine was free for
+	observe    bool         // report in-flight counts to the Observer
+}
+
+func newPump(name string, src Source, full int, allowed func() int, handle func(ctx, work context.Context, m Message), observe bool) *pump {
+	prefetch := max(1, full/2)
+	return &pump{
+		name: name, src: src, allowed: allowed, full: full, prefetch: prefetch, handle: handle, observe: observe,
+		slotFreed: make(chan struct{}, 1),
+		work:      make(chan Message),
+		waiting:   make(chan Message, full+prefetch), // at most every message in flight
+	}
+}
+
+// fetchable is how many messages may be fetched and not yet settled now.
+func (p *pump) fetchable() int {
+	allowed := p.allowed()
+	if allowed >= p.full {
+		return allowed + p.prefetch
+	}
+	return allowed
 }
 
 // New returns a worker; it does nothing until Run.
@@ -153,9 +179,9 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 		beats:    heartbeats{m: make(map[Message]time.Time)},
 		poolStop: make(chan struct{}),
 	}
-	w.requests = &pump{name: "requests", src: deps.Source, allowed: w.allowed, handle: w.handle, slotFreed: make(chan struct{}, 1), work: make(chan Message), observe: true}
+	w.requests = newPump("requests", deps.Source, cfg.Concurrency, w.allowed, w.handle, true)
 	if cfg.Verify.Enabled {
-		w.checks = &pump{name: "state checks", src: deps.Checks, allowed: w.allowedChecks, handle: w.handleCheck, slotFreed: make(chan struct{}, 1), work: make(chan Message)}
+		w.checks = newPump("state checks", deps.Checks, cfg.Verify.Concurrency, w.allowedChecks, w.handleCheck, false)
 	}
 	obs.CircuitOpen(false)
 	obs.Throttled(false)
@@ -248,7 +274,7 @@ func (w *Worker) fetchLoop(ctx, work context.Context, p *pump) {
 	errDelay := Backoff{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
 	failures := 0
 	for ctx.Err() == nil {
-		allowed, inflight := p.allowed(), int(p.inflight.Load())
+		allowed, inflight := p.fetchable(), int(p.inflight.Load())
 		free := allowed - inflight
 		// Pull in batches: while work is under way, wait until a quarter of the slots are
 		// free rather than sending a pull request per freed slot.
@@ -311,16 +337,18 @@ func (p *pump) waitSlot(ctx context.Context, d time.Duration) {
 
 func (w *Worker) start(ctx, work context.Context, p *pump, m Message) {
 	p.inflight.Add(1)
-	if p.observe {
-		w.obs.InFlight(1)
-	}
 	w.handlers.Add(1)
 	w.beats.add(m, w.cfg.Now())
 	select {
 	case p.work <- m: // an idle goroutine of the pump takes it
 	default:
-		w.pool.Add(1)
-		go w.serve(ctx, work, p, m)
+		if p.goroutines < p.full {
+			p.goroutines++
+			w.pool.Add(1)
+			go w.serve(ctx, work, p, m)
+			return
+		}
+		p.waiting <- m // never blocks: it has room for every message in flight
 	}
 }
 
@@ -333,6 +361,12 @@ func (w *Worker) serve(ctx, work context.Context, p *pump, m Message) {
 	for {
 		w.handleOne(ctx, work, p, m)
 		select {
+		case m = <-p.waiting:
+			continue
+		default:
+		}
+		select {
+		case m = <-p.waiting:
 		case m = <-p.work:
 		case <-w.poolStop:
 			return
@@ -342,6 +376,9 @@ func (w *Worker) serve(ctx, work context.Context, p *pump, m Message) {
 
 func (w *Worker) handleOne(ctx, work context.Context, p *pump, m Message) {
 	defer w.handlers.Done()
+	if p.observe {
+		w.obs.InFlight(1)
+	}
 	defer func() {
 		w.beats.remove(m)
 		p.inflight.Add(-1)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -374,5 +375,80 @@ func TestPanicIsContained(t *testing.T) {
 	defer last.mu.Unlock()
 	if last.acks != 1 {
 		t.Fatalf("last delivery acks=%d naks=%v", last.acks, last.naks)
+	}
+}
+
+// inFlightGauge records the highest in-flight count the worker reports.
+type inFlightGauge struct {
+	nopObserver
+	mu       sync.Mutex
+	now, top int
+}
+
+func (g *inFlightGauge) InFlight(d int) {
+	g.mu.Lock()
+	g.now += d
+	g.top = max(g.top, g.now)
+	g.mu.Unlock()
+}
+
+func TestPrefetchedMessagesWaitForAFreeSlot(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	var calls, top atomic.Int64
+	src := &fakeSource{ch: make(chan Message, 100)}
+	sk, gauge := &sink{}, &inFlightGauge{}
+	w, err := New(Config{Concurrency: 4, ShutdownTimeout: 5 * time.Second}, Deps{
+		Source: src, Events: sk, DeadLetters: sk, Observer: gauge,
+		Graph: graphFunc(func(ctx context.Context, id string) (Response, error) {
+			n := calls.Add(1)
+			for was := top.Load(); n > was && !top.CompareAndSwap(was, n); was = top.Load() {
+			}
+			defer calls.Add(-1)
+			<-release
+			return Response{Status: 202}, nil
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []*fakeMsg
+	for i := range 20 {
+		m := &fakeMsg{d: Delivery{Data: []byte(guid(i)), Stream: "S", StreamSeq: uint64(i + 1), NumDelivered: 1, Timestamp: time.Now()}}
+		msgs = append(msgs, m)
+		src.ch <- m
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(ctx) }()
+
+	// Four at work, two more fetched and waiting for a goroutine, the rest left queued.
+	waitFor(t, "4 working and 2 prefetched", func() bool { return w.requests.inflight.Load() == 6 && calls.Load() == 4 })
+	time.Sleep(50 * time.Millisecond)
+	if n := w.requests.inflight.Load(); n != 6 || len(src.ch) != 14 {
+		t.Fatalf("fetched %d (want 6), left %d queued (want 14)", n, len(src.ch))
+	}
+	// Once the four finish, the waiting two are worked, still never more than four at once.
+	cancel()
+	close(release)
+	<-done
+	if top.Load() != 4 {
+		t.Fatalf("at most %d Graph calls at once, want 4", top.Load())
+	}
+	if gauge.top != 4 || gauge.now != 0 {
+		t.Fatalf("in-flight gauge peaked at %d and ended at %d; want 4 and 0", gauge.top, gauge.now)
+	}
+	acked, handedBack := 0, 0
+	for _, m := range msgs[:6] {
+		acked += m.acks
+		handedBack += len(m.naks)
+	}
+	if acked != 4 || handedBack != 2 {
+		t.Fatalf("of the six fetched: %d acked, %d handed back; want 4 and 2 (the prefetched ones, at shutdown)", acked, handedBack)
+	}
+	for _, m := range msgs[6:] {
+		if m.acks+len(m.naks) != 0 {
+			t.Fatal("a message never fetched was settled")
+		}
 	}
 }
