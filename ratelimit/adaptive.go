@@ -99,8 +99,9 @@ func (c Config) validate() error {
 // rather than minutes); after that it adds Config.Step per second. It is safe for
 // concurrent use.
 type Adaptive struct {
-	cfg Config
-	lim *rate.Limiter
+	cfg  Config
+	lim  *rate.Limiter
+	turn chan struct{} // held by the one caller taking a token from lim
 
 	mu         sync.Mutex
 	rate       float64
@@ -124,6 +125,7 @@ func New(cfg Config) (*Adaptive, error) {
 	a := &Adaptive{
 		cfg:        cfg,
 		lim:        rate.NewLimiter(rate.Limit(r), burst(r)),
+		turn:       make(chan struct{}, 1),
 		rate:       r,
 		replicas:   1,
 		slowStart:  true,
@@ -136,8 +138,21 @@ func New(cfg Config) (*Adaptive, error) {
 	return a, nil
 }
 
-// Wait blocks until a call may be made, or ctx is done.
-func (a *Adaptive) Wait(ctx context.Context) error { return a.lim.Wait(ctx) }
+// Wait blocks until a call may be made, or ctx is done. Callers take their turn here, one
+// at a time, rather than all inside the rate.Limiter: a reservation there keeps the rate of
+// the moment it was made, so with 64 callers queued at 3 calls/s a raise would be felt only
+// after the 20 s they had reserved, and a cut would let the calls already queued through at
+// the old rate. Here only the caller whose turn it is waits at a rate that may be out of
+// date, for one interval at most.
+func (a *Adaptive) Wait(ctx context.Context) error {
+	select {
+	case a.turn <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-a.turn }()
+	return a.lim.Wait(ctx)
+}
 
 // Rate returns the current rate in calls per second.
 func (a *Adaptive) Rate() float64 {

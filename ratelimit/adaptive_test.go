@@ -238,3 +238,54 @@ func TestConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// A raise reaches the callers already waiting: with 20 callers queued at 2 calls/s, a
+// raise to 1000/s lets them all through at once, instead of the 10 s they would have
+// reserved at the old rate.
+func TestRaiseReachesCallersAlreadyWaiting(t *testing.T) {
+	t.Parallel()
+	a, err := New(Config{Ceiling: 1000, Initial: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := a.Wait(ctx); err != nil { // the one token of the burst
+		t.Fatal(err)
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() { _ = a.Wait(ctx) })
+	}
+	time.Sleep(100 * time.Millisecond)
+	a.Adopt(1000)
+	wg.Wait()
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("20 waiting callers took %s after a raise to 1000/s; at the old 2/s they need 10s", took)
+	}
+}
+
+// A caller waiting for its turn gives up when its context ends.
+func TestWaitingForTurnHonoursContext(t *testing.T) {
+	t.Parallel()
+	a, err := New(Config{Ceiling: 1000, Initial: 0.5, Floor: 0.5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Wait(context.Background()); err != nil { // the burst: the next token is 2 s away
+		t.Fatal(err)
+	}
+	holder, cancelHolder := context.WithCancel(context.Background())
+	held := make(chan error, 1)
+	go func() { held <- a.Wait(holder) }() // takes the turn and waits for the token
+	time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := a.Wait(ctx); err == nil {
+		t.Fatal("Wait returned nil with its context done before its turn")
+	}
+	cancelHolder()
+	if err := <-held; err == nil {
+		t.Fatal("the caller holding the turn was not released by its context")
+	}
+}
