@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/reprocessor/reprocessor/worker"
 )
@@ -82,6 +83,12 @@ func (q *Queue) publishAwait(ctx context.Context, m *nats.Msg) error {
 	if err != nil {
 		return err
 	}
+	return AwaitPubAck(ctx, f)
+}
+
+// AwaitPubAck waits for an asynchronous publish's acknowledgement, its error, or the end of
+// ctx.
+func AwaitPubAck(ctx context.Context, f jetstream.PubAckFuture) error {
 	select {
 	case <-f.Ok():
 		return nil

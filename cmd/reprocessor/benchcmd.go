@@ -788,14 +788,7 @@ func barePublishEvent(ctx context.Context, js jetstream.JetStream, msg jetstream
 	if err != nil {
 		return err
 	}
-	select {
-	case <-f.Ok():
-		return nil
-	case err := <-f.Err():
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return queue.AwaitPubAck(ctx, f)
 }
 
 func (r benchResult) print(w io.Writer) {
