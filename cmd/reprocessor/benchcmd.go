@@ -699,7 +699,7 @@ func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *grapht
 		defer js.DeleteStream(context.WithoutCancel(ctx), "BENCH_BARE_EVENTS")
 	}
 	for i := range n {
-		if _, err := js.PublishAsync("bench.bare", []byte(benchID(i))); err != nil {
+		if _, err := js.PublishAsync("bench.bare", []byte(benchID(i)), jetstream.WithMsgID(benchID(i))); err != nil {
 			return 0, 0, err
 		}
 		if i%10_000 == 9_999 {
