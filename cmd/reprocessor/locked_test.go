@@ -41,21 +41,10 @@ func lockedDownPermissions() *server.Permissions {
 // adaptive rate on, and checks that every request is worked and nothing was refused.
 func TestLockedDownAccount(t *testing.T) {
 	t.Parallel()
-	srv, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true,
-		Users: []*server.User{
-			{Username: "admin", Password: "admin-pw"},
-			{Username: "worker", Password: "worker-pw", Permissions: lockedDownPermissions()},
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Start()
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("NATS server not ready")
-	}
+	srv := startJetStreamServer(t, &server.Options{Users: []*server.User{
+		{Username: "admin", Password: "admin-pw"},
+		{Username: "worker", Password: "worker-pw", Permissions: lockedDownPermissions()},
+	}})
 	sys := newSystemOn(t, graphtest.Options{}, srv.ClientURL(), nats.UserInfo("admin", "admin-pw"))
 	sys.ensureStreams() // the administrator provisions
 

@@ -258,18 +258,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	azureCanary := "AzCanary" + randomHex(t, 12)
 	natsCanary := "NatsCanary" + randomHex(t, 12)
 
-	srv, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true,
-		Username: "app", Password: natsCanary,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Start()
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("NATS server not ready")
-	}
+	srv := startJetStreamServer(t, &server.Options{Username: "app", Password: natsCanary})
 	// The canary is the right secret: the authority refuses it while FailTokens is on, then
 	// accepts it, so that it travels in every token request and the worker gets to work.
 	sys := newSystemOn(t, graphtest.Options{ClientSecret: azureCanary}, srv.ClientURL(), nats.UserInfo("app", natsCanary))
@@ -482,6 +471,23 @@ func (c *child) terminate(timeout time.Duration) int {
 // newSystemOn is a system whose NATS server, at natsURL, the test runs itself (to restart
 // it, or to give it users). The test's own client reconnects forever; natsOpts add to its
 // options.
+// startJetStreamServer starts a JetStream server on a random loopback port with its store
+// in a temporary directory; opts adds what the test needs (users, permissions).
+func startJetStreamServer(t *testing.T, opts *server.Options) *server.Server {
+	t.Helper()
+	opts.Host, opts.Port, opts.JetStream, opts.StoreDir, opts.NoSigs = "127.0.0.1", -1, true, t.TempDir(), true
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS server not ready")
+	}
+	return srv
+}
+
 func newSystemOn(t *testing.T, opts graphtest.Options, natsURL string, natsOpts ...nats.Option) *system {
 	t.Helper()
 	gt, err := graphtest.Start(opts)
