@@ -235,7 +235,21 @@ func (s *system) events(n int) []worker.Event {
 
 func (s *system) readEvents() []worker.Event {
 	s.t.Helper()
-	msgs := s.streamMessages("REPROCESS_EVENTS")
+	evs, err := s.tryReadEvents()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return evs
+}
+
+// tryReadEvents is readEvents returning an error where the stream cannot be read (while a
+// cluster elects a leader, say); a malformed event still fails the test.
+func (s *system) tryReadEvents() ([]worker.Event, error) {
+	s.t.Helper()
+	msgs, err := s.tryStreamMessages("REPROCESS_EVENTS")
+	if err != nil {
+		return nil, err
+	}
 	evs := make([]worker.Event, 0, len(msgs))
 	for _, m := range msgs {
 		var e worker.Event
@@ -250,34 +264,42 @@ func (s *system) readEvents() []worker.Event {
 		}
 		evs = append(evs, e)
 	}
-	return evs
+	return evs, nil
 }
 
 // streamMessages reads every message stored in a stream.
 func (s *system) streamMessages(stream string) []jetstream.Msg {
 	s.t.Helper()
+	msgs, err := s.tryStreamMessages(stream)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return msgs
+}
+
+func (s *system) tryStreamMessages(stream string) ([]jetstream.Msg, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	st, err := s.js.Stream(ctx, stream)
 	if err != nil {
-		s.t.Fatalf("stream %s: %v", stream, err)
+		return nil, fmt.Errorf("stream %s: %w", stream, err)
 	}
 	info, err := st.Info(ctx)
 	if err != nil {
-		s.t.Fatal(err)
+		return nil, fmt.Errorf("stream %s: %w", stream, err)
 	}
 	if info.State.Msgs == 0 {
-		return nil
+		return nil, nil
 	}
 	c, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {
-		s.t.Fatal(err)
+		return nil, fmt.Errorf("stream %s: %w", stream, err)
 	}
 	var out []jetstream.Msg
 	for uint64(len(out)) < info.State.Msgs {
 		batch, err := c.Fetch(int(min(info.State.Msgs-uint64(len(out)), 1000)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			s.t.Fatal(err)
+			return nil, fmt.Errorf("stream %s: %w", stream, err)
 		}
 		n := 0
 		for m := range batch.Messages() {
@@ -288,7 +310,7 @@ func (s *system) streamMessages(stream string) []jetstream.Msg {
 			break
 		}
 	}
-	return out
+	return out, nil
 }
 
 // pending returns the consumer's undelivered and unacknowledged counts.
