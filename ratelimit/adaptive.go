@@ -27,10 +27,8 @@ type Config struct {
 	// Floor is the lowest rate; default 0.5 calls/s or the ceiling if lower.
 	Floor float64
 	// Step is the rate added after each second in which calls succeeded and the limit was in
-	// use, shared between the replicas (each adds Step / replicas). By default it is 1/50
-	// of the ceiling, at least 1 call/s, and once Graph has throttled, at most 1/20 of the
-	// rate it throttled at: a step sized to the ceiling would climb 20% of a limit ten times
-	// lower each second, overshooting it by the calls made while its 429s are on their way.
+	// use, shared between the replicas (each adds Step / replicas); default 1/50 of the
+	// ceiling, at least 1 call/s.
 	Step float64
 	// Decrease is the factor applied on throttling; default 0.85. A sawtooth between
 	// Decrease·R and R averages (1+Decrease)/2·R, so 0.85 keeps about 92% of the limit.
@@ -101,16 +99,14 @@ func (c Config) validate() error {
 // rather than minutes); after that it adds Config.Step per second. It is safe for
 // concurrent use.
 type Adaptive struct {
-	cfg      Config
-	lim      *rate.Limiter
-	turn     chan struct{} // held by the one caller taking a token from lim
-	autoStep bool          // Config.Step was left to its default
+	cfg  Config
+	lim  *rate.Limiter
+	turn chan struct{} // held by the one caller taking a token from lim
 
 	mu         sync.Mutex
 	rate       float64
 	replicas   int           // live replicas sharing the deployment's rate, this one included
 	slowStart  bool          // no throttling seen yet: double rather than add
-	refusedAt  float64       // the rate of the last cut's start: where Graph's limit was
 	windowFrom time.Time     // start of the current second of successes
 	successes  int           // successes since windowFrom
 	prevCount  int           // successes in the window before, and its length: with the
@@ -121,7 +117,6 @@ type Adaptive struct {
 
 // New returns an Adaptive limiter at its initial rate.
 func New(cfg Config) (*Adaptive, error) {
-	autoStep := cfg.Step == 0
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("adaptive rate: %w", err)
@@ -131,7 +126,6 @@ func New(cfg Config) (*Adaptive, error) {
 		cfg:        cfg,
 		lim:        rate.NewLimiter(rate.Limit(r), burst(r)),
 		turn:       make(chan struct{}, 1),
-		autoStep:   autoStep,
 		rate:       r,
 		replicas:   1,
 		slowStart:  true,
@@ -191,7 +185,7 @@ func (a *Adaptive) Succeeded() {
 		a.mu.Unlock()
 		return
 	}
-	next := a.rate + a.step()
+	next := a.rate + a.cfg.Step/float64(a.replicas)
 	if a.slowStart {
 		next = 2 * a.rate
 	}
@@ -236,7 +230,6 @@ func (a *Adaptive) cut(why string) (float64, bool) {
 	}
 	a.prevCount, a.prevSpan = 0, 0
 	a.windowFrom, a.successes = now, 0
-	a.refusedAt = base
 	r := a.setLocked(base*a.cfg.Decrease, why)
 	return r, true
 }
@@ -254,7 +247,6 @@ func (a *Adaptive) SetReplicas(n int) {
 	}
 	old := a.replicas
 	a.replicas = n
-	a.refusedAt *= float64(old) / float64(n)
 	a.setLocked(a.rate*float64(old)/float64(n), fmt.Sprintf("replicas %d -> %d", old, n))
 }
 
@@ -266,21 +258,8 @@ func (a *Adaptive) Adopt(share float64) {
 	}
 	a.mu.Lock()
 	a.slowStart = false
-	a.refusedAt = share / a.cfg.Decrease // the others' rate sits below where Graph refused
 	a.setLocked(share, "adopted the deployment's rate")
 }
-
-// step is this replica's additive increase per second (Config.Step); the lock is held.
-func (a *Adaptive) step() float64 {
-	step := a.cfg.Step / float64(a.replicas)
-	if a.autoStep && a.refusedAt > 0 {
-		step = max(min(step, a.refusedAt/20), minStep)
-	}
-	return step
-}
-
-// minStep is the smallest derived step, in calls per second per second.
-const minStep = 0.05
 
 // setLocked sets the rate, unlocks, and reports the change. It returns the rate set.
 func (a *Adaptive) setLocked(r float64, why string) float64 {

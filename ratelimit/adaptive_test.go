@@ -289,25 +289,3 @@ func TestWaitingForTurnHonoursContext(t *testing.T) {
 		t.Fatal("the caller holding the turn was not released by its context")
 	}
 }
-
-// The default step is sized to the limit Graph showed, not only to the ceiling: with a
-// ceiling of 1000 (step 20) and a limit near 100, a raise adds 5 calls/s, a twentieth of
-// the rate Graph throttled at. A step set explicitly is kept as it is.
-func TestDefaultStepFollowsTheLimitFound(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		step, want float64
-	}{
-		{0, 85 + 5},   // derived: min(1000/50, 100/20)
-		{20, 85 + 20}, // explicit
-	} {
-		a, c, _ := setup(t, Config{Ceiling: 1000, Initial: 100, Step: tc.step})
-		a.Throttled(0, false) // cut from 100 to 85
-		succeed(a, c, 85, time.Second)
-		c.add(time.Millisecond)
-		a.Succeeded()
-		if got := a.Rate(); !near(got, tc.want) {
-			t.Errorf("step %v: rate %v after a second of successes, want %v", tc.step, got, tc.want)
-		}
-	}
-}

@@ -51,7 +51,7 @@ type Config struct {
 	Rate             float64       // fixed Graph calls per second, process-wide; 0 means unlimited
 	RateCeiling      float64       // auto: the highest rate, calls per second per replica
 	RateInitial      float64       // auto: the rate to start from
-	RateStep         float64       // auto: calls per second added per second of success; 0 means ceiling/50, at least 1, and once throttled at most 1/20 of the rate throttled at
+	RateStep         float64       // auto: calls per second added per second of success; 0 means ceiling/50, at least 1
 	MaxDeliver       int           // deliveries of a request before it fails retries_exhausted
 	DeliveryBudget   time.Duration // in-process retry time within one delivery before NakWithDelay
 	BackoffInitial   time.Duration
@@ -687,7 +687,7 @@ func (c *Config) settings() []setting {
 		{env: "REPROCESSOR_RATE", help: "Graph calls per second, process-wide: auto finds it; 0 is unlimited", value: &rateValue{auto: &c.RateAuto, rate: &c.Rate}},
 		{env: "REPROCESSOR_RATE_CEILING", help: "auto: highest calls per second of this process", value: (*floatValue)(&c.RateCeiling)},
 		{env: "REPROCESSOR_RATE_INITIAL", help: "auto: calls per second to start from", value: (*floatValue)(&c.RateInitial)},
-		{env: "REPROCESSOR_RATE_STEP", help: "auto: calls per second added per second of success", def: "ceiling/50, at least 1; once throttled, at most 1/20 of the rate throttled at", value: (*floatValue)(&c.RateStep)},
+		{env: "REPROCESSOR_RATE_STEP", help: "auto: calls per second added per second of success", def: "ceiling/50, at least 1", value: (*floatValue)(&c.RateStep)},
 		{env: "REPROCESSOR_MAX_DELIVER", help: "deliveries of a request before it fails", value: (*intValue)(&c.MaxDeliver)},
 		{env: "REPROCESSOR_DELIVERY_BUDGET", help: "retry time within one delivery before the request is handed back", value: (*durationValue)(&c.DeliveryBudget)},
 		{env: "REPROCESSOR_BACKOFF_INITIAL", help: "first retry delay", value: (*durationValue)(&c.BackoffInitial)},
