@@ -100,8 +100,21 @@ func TestClusterFailover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const ackWait = "10s"
-	if _, err := queue.Setup(ctx, js, queue.Config{Replicas: 3, AckWait: 10 * time.Second}, nil); err != nil {
-		t.Fatal(err)
+	// A request the cluster drops (its meta leader moving under a loaded machine) would hold
+	// a single Setup for the whole 3 minutes: retry it, as "reprocessor run" does, with a
+	// deadline per attempt. Setup is idempotent.
+	for attempt := 1; ; attempt++ {
+		actx, acancel := context.WithTimeout(ctx, 20*time.Second)
+		_, err := queue.Setup(actx, js, queue.Config{Replicas: 3, AckWait: 10 * time.Second}, nil)
+		acancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("set up the streams (attempt %d): %v", attempt, err)
+		}
+		t.Logf("set up the streams (attempt %d): %v; trying again", attempt, err)
+		time.Sleep(time.Second)
 	}
 	sys := &system{t: t, gt: gt, nc: nc, js: js, env: testEnv(natsURL, gt)}
 	all := payloads(ids(n, 0xc1))
