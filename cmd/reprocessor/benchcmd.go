@@ -109,7 +109,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	fs.DurationVar(&f.duration, "duration", 0, "stop after this long even if ids are left; 0 waits for all")
 	fs.BoolVar(&f.preload, "preload", false, "publish every id before the workers start (a queued backlog)")
 	fs.BoolVar(&f.processes, "processes", false, "run each replica as a child process (reprocessor run), to measure its own memory")
-	fs.BoolVar(&f.bare, "bare", true, "also run the bare pipeline (fetch, POST, ack) and print the ratio")
+	fs.BoolVar(&f.bare, "bare", true, "also run the bare pipelines (fetch, POST, ack; and the same storing an event per id) and print the ratios")
 	fs.Float64Var(&f.publishRate, "publish-rate", 0, "ids published per second; 0 as fast as possible")
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (workers, NATS, simulated Graph) to this file")
