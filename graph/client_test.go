@@ -24,6 +24,7 @@ import (
 
 	"github.com/reprocessor/reprocessor/graph"
 	"github.com/reprocessor/reprocessor/graph/graphtest"
+	"github.com/reprocessor/reprocessor/internal/testutil"
 )
 
 const id1 = "0b0e8bd5-6e1f-4e0b-9c1d-1e2f3a4b5c6d"
@@ -69,22 +70,7 @@ func setup(t *testing.T, o setupOpts) *bundle {
 	return &bundle{srv: srv, cred: cred, client: client, logs: logs}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testutil.SyncBuffer
 
 func TestReprocess(t *testing.T) {
 	t.Parallel()
@@ -408,13 +394,7 @@ func TestCredentialRenewsBeforeExpiry(t *testing.T) {
 
 func eventually(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in 10s")
-		}
-		time.Sleep(5 * time.Millisecond) // polling
-	}
+	testutil.Poll(t, "the condition", 10*time.Second, 5*time.Millisecond, cond)
 }
 
 func TestTimeout(t *testing.T) {

@@ -2,10 +2,12 @@ package queue
 
 import (
 	"sync"
-
-	"github.com/nats-io/nats.go"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/reprocessor/reprocessor/internal/testutil"
 )
 
 // fakeRate records what a Control asks of a limiter.
@@ -65,13 +67,7 @@ func startReplica(t *testing.T, url, name string, r *fakeRate) replica {
 // eventually polls cond until it holds or the test's deadline nears.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Poll(t, what, 10*time.Second, 5*time.Millisecond, cond)
 }
 
 func TestControlSharesPausesCutsAndReplicas(t *testing.T) {

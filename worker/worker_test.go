@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/reprocessor/reprocessor/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -117,13 +119,7 @@ func (s *setup) send(payload string, delivered uint64) *fakeMsg {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Poll(t, what, 10*time.Second, 5*time.Millisecond, cond)
 }
 
 func guid(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i) }

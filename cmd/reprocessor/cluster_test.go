@@ -11,7 +11,6 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/reprocessor/reprocessor/graph/graphtest"
 	"github.com/reprocessor/reprocessor/queue"
@@ -77,26 +76,15 @@ func TestClusterFailover(t *testing.T) {
 		t.Skip("a three-node cluster and three child processes: not in -short")
 	}
 	const n = 5000
-	gt, err := graphtest.Start(graphtest.Options{LatencyMin: 10 * time.Millisecond, LatencyMax: 30 * time.Millisecond, MaxRecordedCalls: 3 * n})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(gt.Close)
 	servers := startCluster(t, 3)
 	var urls []string
 	for _, s := range servers {
 		urls = append(urls, s.ClientURL())
 	}
 	natsURL := strings.Join(urls, ",")
-	nc, err := nats.Connect(natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sys := newSystemOn(t, graphtest.Options{LatencyMin: 10 * time.Millisecond, LatencyMax: 30 * time.Millisecond, MaxRecordedCalls: 3 * n},
+		natsURL, nats.ReconnectWait(100*time.Millisecond))
+	gt, js := sys.gt, sys.js
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const ackWait = "10s"
@@ -116,7 +104,6 @@ func TestClusterFailover(t *testing.T) {
 		t.Logf("set up the streams (attempt %d): %v; trying again", attempt, err)
 		time.Sleep(time.Second)
 	}
-	sys := &system{t: t, gt: gt, nc: nc, js: js, env: testEnv(natsURL, gt)}
 	all := payloads(ids(n, 0xc1))
 	for i := 0; i < n; i += 500 { // R3 acks are slow under -race: keep few outstanding
 		sys.publish(all[i:min(i+500, n)]...)

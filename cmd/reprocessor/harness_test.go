@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,15 +8,16 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
 	"github.com/reprocessor/reprocessor/graph/graphtest"
+	"github.com/reprocessor/reprocessor/internal/testutil"
 	"github.com/reprocessor/reprocessor/queue"
 	"github.com/reprocessor/reprocessor/worker"
 )
@@ -39,22 +39,7 @@ func TestMain(m *testing.M) {
 const childEnv = "REPROCESSOR_TEST_CHILD"
 
 // syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testutil.SyncBuffer
 
 // env is a fake environment.
 type env map[string]string
@@ -77,18 +62,28 @@ func newSystem(t *testing.T, opts graphtest.Options) *system { return newSystemT
 
 func newSystemTB(t testing.TB, opts graphtest.Options) *system {
 	t.Helper()
-	gt, err := graphtest.Start(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(gt.Close)
 	dir := t.TempDir()
 	ns, err := queue.StartEmbedded(queue.EmbeddedConfig{Port: -1, DataDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(ns.Shutdown)
-	nc, err := nats.Connect(ns.ClientURL())
+	s := newSystemOn(t, opts, ns.ClientURL())
+	s.nats, s.dir = ns, dir
+	return s
+}
+
+// newSystemOn is a system on a NATS server the test started (a cluster, users): the
+// simulated Graph and a client of natsURL that reconnects for ever.
+func newSystemOn(t testing.TB, opts graphtest.Options, natsURL string, natsOpts ...nats.Option) *system {
+	t.Helper()
+	gt, err := graphtest.Start(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gt.Close)
+	natsOpts = append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond)}, natsOpts...)
+	nc, err := nats.Connect(natsURL, natsOpts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,8 +92,24 @@ func newSystemTB(t testing.TB, opts graphtest.Options) *system {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := testEnv(ns.ClientURL(), gt)
-	return &system{t: t, gt: gt, nats: ns, dir: dir, nc: nc, js: js, env: e}
+	return &system{t: t, gt: gt, nc: nc, js: js, env: testEnv(natsURL, gt)}
+}
+
+// startJetStreamServer starts a JetStream server on a random loopback port with its store
+// in a temporary directory; opts adds what the test needs (users, permissions).
+func startJetStreamServer(t *testing.T, opts *server.Options) *server.Server {
+	t.Helper()
+	opts.Host, opts.Port, opts.JetStream, opts.StoreDir, opts.NoSigs = "127.0.0.1", -1, true, t.TempDir(), true
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS server not ready")
+	}
+	return srv
 }
 
 // worker is a worker run in this process.
@@ -336,13 +347,7 @@ func (s *system) waitFor(what string, timeout time.Duration, cond func() bool) {
 
 func waitUntil(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Poll(t, what, timeout, 20*time.Millisecond, cond)
 }
 
 // kinds counts events per kind.

@@ -18,7 +18,6 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/reprocessor/reprocessor/graph/graphtest"
 	"github.com/reprocessor/reprocessor/queue"
@@ -471,43 +470,6 @@ func (c *child) terminate(timeout time.Duration) int {
 // newSystemOn is a system whose NATS server, at natsURL, the test runs itself (to restart
 // it, or to give it users). The test's own client reconnects forever; natsOpts add to its
 // options.
-// startJetStreamServer starts a JetStream server on a random loopback port with its store
-// in a temporary directory; opts adds what the test needs (users, permissions).
-func startJetStreamServer(t *testing.T, opts *server.Options) *server.Server {
-	t.Helper()
-	opts.Host, opts.Port, opts.JetStream, opts.StoreDir, opts.NoSigs = "127.0.0.1", -1, true, t.TempDir(), true
-	srv, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Start()
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("NATS server not ready")
-	}
-	return srv
-}
-
-func newSystemOn(t *testing.T, opts graphtest.Options, natsURL string, natsOpts ...nats.Option) *system {
-	t.Helper()
-	gt, err := graphtest.Start(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(gt.Close)
-	natsOpts = append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond)}, natsOpts...)
-	nc, err := nats.Connect(natsURL, natsOpts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := testEnv(natsURL, gt)
-	return &system{t: t, gt: gt, nc: nc, js: js, env: e}
-}
 
 // streamCount returns how many messages a stream holds; 0 while the stream cannot be
 // asked (it does not exist yet, or NATS is down).
