@@ -79,7 +79,7 @@ const maxPendingPublishes = 1 << 20
 // `reprocessor bench --rate 0` the client's share of publishing an event fell from about 13
 // to 8 µs.
 func (q *Queue) publishAwait(ctx context.Context, m *nats.Msg) error {
-	f, err := q.pub.PublishMsgAsync(m)
+	f, err := q.js.PublishMsgAsync(m)
 	if err != nil {
 		return err
 	}

@@ -20,8 +20,7 @@ var ErrNotProvisioned = errors.New("jetstream assets not provisioned")
 // pull consumer and publishes events and dead letters. It is safe for concurrent use.
 type Queue struct {
 	cfg      Config
-	js       jetstream.JetStream
-	pub      jetstream.JetStream // publishes events and checks asynchronously on the same connection
+	js       jetstream.JetStream // on the caller's connection, with the async publish settings of publishAwait
 	nc       *nats.Conn
 	consumer jetstream.Consumer
 	checks   jetstream.Consumer
@@ -46,11 +45,11 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config, logger *slog
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	pub, err := jetstream.New(js.Conn(), jetstream.WithPublishAsyncTimeout(publishAckTimeout), jetstream.WithPublishAsyncMaxPending(maxPendingPublishes))
+	own, err := jetstream.New(js.Conn(), jetstream.WithPublishAsyncTimeout(publishAckTimeout), jetstream.WithPublishAsyncMaxPending(maxPendingPublishes))
 	if err != nil {
 		return nil, err
 	}
-	q := &Queue{cfg: cfg, js: js, pub: pub, nc: js.Conn(), logger: logger}
+	q := &Queue{cfg: cfg, js: own, nc: js.Conn(), logger: logger}
 	q.requestsSubject, q.eventsPrefix, q.dlqSubject = cfg.Subjects()
 	q.verifySubject = cfg.VerifySubject()
 
