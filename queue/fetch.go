@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -92,7 +90,9 @@ type message struct {
 	delivery worker.Delivery
 }
 
-// newMessage wraps m, parsing its metadata and copying its headers.
+// newMessage wraps m, parsing its metadata. Its data and headers are shared, not copied:
+// each delivery has its own, and nothing downstream modifies them (a dead letter copies the
+// headers it keeps).
 func newMessage(m jetstream.Msg) (*message, error) {
 	meta, err := m.Metadata()
 	if err != nil {
@@ -100,10 +100,7 @@ func newMessage(m jetstream.Msg) (*message, error) {
 	}
 	var header map[string][]string
 	if h := m.Headers(); len(h) > 0 {
-		header = make(map[string][]string, len(h))
-		for k, v := range maps.All(h) {
-			header[k] = slices.Clone(v)
-		}
+		header = h
 	}
 	return &message{
 		msg: m,
