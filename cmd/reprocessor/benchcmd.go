@@ -208,9 +208,6 @@ type benchClock struct {
 
 func (b *benchClock) since() int64 { return max(int64(time.Since(b.start)), 1) }
 
-// terminalKinds are the events that end a request.
-var terminalKinds = []string{"accepted", "failed", "rejected", "coalesced"}
-
 // waitWorked returns once every request has been acknowledged (each one is acknowledged
 // only after its terminal event is stored), after the publisher is done, or when stop or
 // ctx ends the wait first.
@@ -244,8 +241,8 @@ func (b *benchClock) readEvents(ctx context.Context, js jetstream.JetStream, str
 	if err != nil {
 		return err
 	}
-	filters := make([]string, len(terminalKinds))
-	for i, k := range terminalKinds {
+	filters := make([]string, len(worker.Outcomes))
+	for i, k := range worker.Outcomes {
 		filters[i] = prefix + ".events." + k
 	}
 	info, err := st.Info(ctx)
@@ -300,7 +297,7 @@ func (b *benchClock) record(data []byte, at, end int64) {
 	}
 	b.ended[i] = max(at, 1)
 	b.completed++
-	if e.Type == "entitlement.reprocess.accepted" {
+	if e.Type == worker.TypePrefix+worker.KindAccepted {
 		b.accepted++
 	}
 	b.lastEnd = max(b.lastEnd, at)
