@@ -469,15 +469,16 @@ func cmpOr(a, b int) int {
 	return b
 }
 
-// benchPublish publishes every id of the run with asynchronous JetStream acks, at most
-// perSecond ids per second when that is above 0.
-func benchPublish(ctx context.Context, js jetstream.JetStream, subject string, bc *benchClock, perSecond float64) error {
+// publishIDs publishes the first n bench ids to subject with asynchronous JetStream acks
+// (each with its Nats-Msg-Id), at most perSecond ids per second when that is above 0, and
+// calls before(i), if set, just before the i-th.
+func publishIDs(ctx context.Context, js jetstream.JetStream, subject string, n int, perSecond float64, before func(i int)) error {
 	var tick *time.Ticker
 	if perSecond > 0 {
 		tick = time.NewTicker(max(time.Duration(float64(time.Second)/perSecond), time.Microsecond))
 		defer tick.Stop()
 	}
-	for i := range bc.published {
+	for i := range n {
 		if tick != nil {
 			select {
 			case <-tick.C:
@@ -485,7 +486,9 @@ func benchPublish(ctx context.Context, js jetstream.JetStream, subject string, b
 				return ctx.Err()
 			}
 		}
-		bc.published[i].Store(bc.since())
+		if before != nil {
+			before(i)
+		}
 		if _, err := js.PublishAsync(subject, []byte(benchID(i)), jetstream.WithMsgID(benchID(i))); err != nil {
 			return fmt.Errorf("publish %d: %w", i, err)
 		}
@@ -496,6 +499,11 @@ func benchPublish(ctx context.Context, js jetstream.JetStream, subject string, b
 		}
 	}
 	return waitPublished(ctx, js)
+}
+
+// benchPublish publishes every id of the run, recording when each was published.
+func benchPublish(ctx context.Context, js jetstream.JetStream, subject string, bc *benchClock, perSecond float64) error {
+	return publishIDs(ctx, js, subject, len(bc.published), perSecond, func(i int) { bc.published[i].Store(bc.since()) })
 }
 
 func waitPublished(ctx context.Context, js jetstream.JetStream) error {
@@ -695,17 +703,7 @@ func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *grapht
 		}
 		defer js.DeleteStream(context.WithoutCancel(ctx), "BENCH_BARE_EVENTS")
 	}
-	for i := range n {
-		if _, err := js.PublishAsync("bench.bare", []byte(benchID(i)), jetstream.WithMsgID(benchID(i))); err != nil {
-			return 0, 0, err
-		}
-		if i%10_000 == 9_999 {
-			if err := waitPublished(ctx, js); err != nil {
-				return 0, 0, err
-			}
-		}
-	}
-	if err := waitPublished(ctx, js); err != nil {
+	if err := publishIDs(ctx, js, "bench.bare", n, 0, nil); err != nil {
 		return 0, 0, err
 	}
 	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "bare", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 4 * cfg.Concurrency})
