@@ -12,7 +12,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/reprocessor/reprocessor/worker"
 )
@@ -45,7 +44,7 @@ func (q *Queue) PublishEvent(ctx context.Context, e *worker.Event) error {
 	if e.ID == "" || !validHeaderValue(e.ID) {
 		return fmt.Errorf("publish event of kind %s: id %q: must be non-empty, without control characters", kind, e.ID)
 	}
-	data, err := json.Marshal(e)
+	data, err := e.AppendJSON(make([]byte, 0, eventSizeHint))
 	if err != nil {
 		return fmt.Errorf("publish event %s: encode: %w", e.ID, err)
 	}
@@ -57,47 +56,18 @@ func (q *Queue) PublishEvent(ctx context.Context, e *worker.Event) error {
 			headerContentType: {contentTypeCloudEvents},
 		},
 	}
-	if err := q.publishAwait(ctx, m); err != nil {
+	if err := q.acked.Publish(ctx, m); err != nil {
 		return fmt.Errorf("publish event %s: %w", e.ID, err)
 	}
 	return nil
 }
 
-// publishAckTimeout is how long a publish waits for the stream's acknowledgement, as long
-// as a synchronous JetStream publish waits by default.
+// eventSizeHint is room for a typical event's JSON: an accepted event is about 450 bytes.
+const eventSizeHint = 640
+
+// publishAckTimeout is how long an event or a state check waits for the stream's
+// acknowledgement, as long as a synchronous JetStream publish waits by default.
 const publishAckTimeout = 5 * time.Second
-
-// maxPendingPublishes bounds the publishes awaiting an acknowledgement. Each caller waits
-// for its own, so there are about as many as messages in flight; the bound is far above
-// any concurrency so that it never stalls a caller.
-const maxPendingPublishes = 1 << 20
-
-// publishAwait publishes m and waits for the stream's acknowledgement, for at most
-// publishAckTimeout. It is an asynchronous publish awaited in place: unlike a synchronous
-// one it needs no context with a deadline of its own nor a request of its own, and the
-// publishes of many callers share the connection's flushes: in a CPU profile of
-// `reprocessor bench --rate 0` the client's share of publishing an event fell from about 13
-// to 8 µs.
-func (q *Queue) publishAwait(ctx context.Context, m *nats.Msg) error {
-	f, err := q.js.PublishMsgAsync(m)
-	if err != nil {
-		return err
-	}
-	return AwaitPubAck(ctx, f)
-}
-
-// AwaitPubAck waits for an asynchronous publish's acknowledgement, its error, or the end of
-// ctx.
-func AwaitPubAck(ctx context.Context, f jetstream.PubAckFuture) error {
-	select {
-	case <-f.Ok():
-		return nil
-	case err := <-f.Err():
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
 
 // DeadLetter copies the delivered request to "<prefix>.dlq": its data byte for byte, its
 // headers as they were except that every JetStream control header (Nats-*) is renamed
@@ -217,7 +187,7 @@ func (q *Queue) ScheduleCheck(ctx context.Context, c *worker.Check) error {
 		return fmt.Errorf("state check: %w", err)
 	}
 	m := &nats.Msg{Subject: q.verifySubject, Data: data, Header: nats.Header{HeaderMsgID: {c.MsgID()}}}
-	if err := q.publishAwait(ctx, m); err != nil {
+	if err := q.acked.Publish(ctx, m); err != nil {
 		return fmt.Errorf("state check %s: %w", c.MsgID(), err)
 	}
 	return nil

@@ -20,8 +20,9 @@ var ErrNotProvisioned = errors.New("jetstream assets not provisioned")
 // pull consumer and publishes events and dead letters. It is safe for concurrent use.
 type Queue struct {
 	cfg      Config
-	js       jetstream.JetStream // on the caller's connection, with the async publish settings of publishAwait
+	js       jetstream.JetStream
 	nc       *nats.Conn
+	acked    *AckedPublisher // events and state checks
 	consumer jetstream.Consumer
 	checks   jetstream.Consumer
 	logger   *slog.Logger
@@ -45,11 +46,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config, logger *slog
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	own, err := jetstream.New(js.Conn(), jetstream.WithPublishAsyncTimeout(publishAckTimeout), jetstream.WithPublishAsyncMaxPending(maxPendingPublishes))
-	if err != nil {
-		return nil, err
-	}
-	q := &Queue{cfg: cfg, js: own, nc: js.Conn(), logger: logger}
+	q := &Queue{cfg: cfg, js: js, nc: js.Conn(), acked: NewAckedPublisher(js.Conn(), publishAckTimeout), logger: logger}
 	q.requestsSubject, q.eventsPrefix, q.dlqSubject = cfg.Subjects()
 	q.verifySubject = cfg.VerifySubject()
 

@@ -717,6 +717,7 @@ func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *grapht
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+	pub := queue.NewAckedPublisher(js.Conn(), 5*time.Second)
 	start, cpuStart := time.Now(), processCPU()
 	var done atomic.Int64
 	finished := make(chan struct{})
@@ -743,7 +744,7 @@ func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *grapht
 				return
 			}
 			if publish {
-				if err := barePublishEvent(ctx, js, msg); err != nil {
+				if err := barePublishEvent(ctx, pub, msg); err != nil {
 					_ = msg.Nak()
 					return
 				}
@@ -760,9 +761,9 @@ func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *grapht
 }
 
 // barePublishEvent stores an event like the worker's for a message of the bare pipeline:
-// a CloudEvent of the same fields, with a Nats-Msg-Id, published asynchronously and its
-// acknowledgement awaited, as the worker's are.
-func barePublishEvent(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg) error {
+// a CloudEvent of the same fields, encoded and published with a Nats-Msg-Id and its
+// acknowledgement awaited, by the same means as the worker's.
+func barePublishEvent(ctx context.Context, pub *queue.AckedPublisher, msg jetstream.Msg) error {
 	meta, err := msg.Metadata()
 	if err != nil {
 		return err
@@ -775,15 +776,11 @@ func barePublishEvent(ctx context.Context, js jetstream.JetStream, msg jetstream
 		Data: worker.EventData{AssignmentID: id, Attempts: 1, HTTPStatus: 200, GraphRequestID: "00000000-0000-4000-8000-000000000000",
 			ClientRequestID: "00000000-0000-4000-8000-000000000000", RequestedAt: meta.Timestamp.UTC(), CompletedAt: now},
 	}
-	data, err := json.Marshal(ev)
+	data, err := ev.AppendJSON(make([]byte, 0, 640))
 	if err != nil {
 		return err
 	}
-	f, err := js.PublishMsgAsync(&nats.Msg{Subject: "bench.bare.events", Data: data, Header: nats.Header{"Nats-Msg-Id": {ev.ID}}})
-	if err != nil {
-		return err
-	}
-	return queue.AwaitPubAck(ctx, f)
+	return pub.Publish(ctx, &nats.Msg{Subject: "bench.bare.events", Data: data, Header: nats.Header{"Nats-Msg-Id": {ev.ID}}})
 }
 
 func (r benchResult) print(w io.Writer) {
