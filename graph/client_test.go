@@ -44,6 +44,7 @@ type setupOpts struct {
 	secret     string // overrides the right secret
 	minBackoff time.Duration
 	observe    func(op, code string, d time.Duration)
+	onReady    func()
 }
 
 func setup(t *testing.T, o setupOpts) *bundle {
@@ -57,7 +58,7 @@ func setup(t *testing.T, o setupOpts) *bundle {
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cred, err := graph.NewCredential(func(k string) string { return env[k] }, graph.Cloud{Name: "test", GraphURL: srv.URL},
-		graph.CredentialOptions{HTTPClient: srv.Client(), Logger: logger, MinBackoff: o.minBackoff, MaxBackoff: o.minBackoff * 2})
+		graph.CredentialOptions{HTTPClient: srv.Client(), Logger: logger, MinBackoff: o.minBackoff, MaxBackoff: o.minBackoff * 2, OnReady: o.onReady})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -371,6 +372,41 @@ func TestCredentialRun(t *testing.T) {
 	res, err := b.client.Reprocess(context.Background(), id1)
 	if err != nil || res.Status != 202 {
 		t.Fatalf("%+v %v", res, err)
+	}
+}
+
+// TestCredentialOnReady: OnReady is called when a token arrives while none is held, once,
+// and not when a valid token is replaced.
+func TestCredentialOnReady(t *testing.T) {
+	t.Parallel()
+	var ready atomic.Int64
+	b := setup(t, setupOpts{minBackoff: 5 * time.Millisecond, onReady: func() { ready.Add(1) }})
+	b.srv.FailTokens(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.cred.Run(ctx)
+	}()
+	defer func() { cancel(); <-done }()
+	eventually(t, func() bool { return b.srv.CallCount(graphtest.OpToken) >= 2 })
+	if n := ready.Load(); n != 0 {
+		t.Fatalf("OnReady called %d times while the authority fails", n)
+	}
+	b.srv.FailTokens(false)
+	eventually(t, func() bool { return ready.Load() > 0 })
+	if !b.cred.Ready() {
+		t.Fatal("OnReady called before the credential is ready")
+	}
+	tok, err := b.cred.Token(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.cred.Refresh(context.Background(), tok); err != nil {
+		t.Fatal(err)
+	}
+	if n := ready.Load(); n != 1 {
+		t.Fatalf("OnReady called %d times, want 1: replacing a valid token is no news", n)
 	}
 }
 

@@ -57,6 +57,10 @@ type CredentialOptions struct {
 	HTTPClient *http.Client
 	// Logger receives token failures (WARN) and recoveries; default discards.
 	Logger *slog.Logger
+	// OnReady, if set, is called each time a token is obtained while no valid one was held
+	// (the first token, and the first after an outage), outside the credential's lock, so
+	// that work held back for want of a token resumes at once.
+	OnReady func()
 	// MinBackoff and MaxBackoff bound the delay between failed token requests; defaults 1s
 	// and 1m.
 	MinBackoff, MaxBackoff time.Duration
@@ -73,6 +77,7 @@ type Credential struct {
 	secrets []string
 	log     *slog.Logger
 	now     func() time.Time
+	onReady func() // nil: no one to tell
 	flight  singleflight.Group
 
 	// life bounds every token request: Close cancels it and waits for those under way, so
@@ -122,9 +127,10 @@ func NewCredential(env func(string) string, c Cloud, opts CredentialOptions) (*C
 	}
 	tenant, client := env(EnvTenantID), env(EnvClientID)
 	cr := &Credential{
-		scope: graphURL.String() + "/.default",
-		log:   cmp.Or(opts.Logger, slog.New(slog.DiscardHandler)),
-		now:   time.Now,
+		scope:   graphURL.String() + "/.default",
+		log:     cmp.Or(opts.Logger, slog.New(slog.DiscardHandler)),
+		now:     time.Now,
+		onReady: opts.OnReady,
 	}
 	cr.life, cr.stop = context.WithCancel(context.Background())
 	needIDs := func() error {
@@ -304,9 +310,9 @@ func (c *Credential) obtain(ctx context.Context, fresh bool) (string, error) {
 	}
 
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	now := c.now()
 	if err != nil {
+		defer c.mu.Unlock()
 		c.lastErr = c.wrap(err)
 		wait := c.backoff.NextBackOff()
 		c.nextTry = now.Add(wait)
@@ -314,6 +320,7 @@ func (c *Credential) obtain(ctx context.Context, fresh bool) (string, error) {
 			slog.String("reason", c.lastErr.(*TokenError).Reason), slog.Duration("next_attempt_in", wait))
 		return "", c.lastErr
 	}
+	becameReady := c.token == "" || !now.Before(c.expires)
 	if c.lastErr != nil {
 		c.log.LogAttrs(ctx, slog.LevelInfo, "graph token obtained after failures", slog.String("credential", c.kind))
 	}
@@ -324,6 +331,10 @@ func (c *Credential) obtain(ctx context.Context, fresh bool) (string, error) {
 	c.refreshAt = at.ExpiresOn.Add(-min(maxRefreshMargin, at.ExpiresOn.Sub(now)/2))
 	c.lastErr, c.nextTry = nil, time.Time{}
 	c.backoff.Reset()
+	c.mu.Unlock()
+	if becameReady && c.onReady != nil {
+		c.onReady()
+	}
 	return at.Token, nil
 }
 

@@ -123,6 +123,7 @@ type pump struct {
 	allowed    func() int
 	full       int // allowed() when nothing holds work back: the most goroutines
 	prefetch   int
+	poll       time.Duration // how often a fetch loop with nothing to do looks again unwoken
 	handle     func(ctx, work context.Context, m Message)
 	inflight   atomic.Int64 // fetched and not yet settled, waiting ones included
 	goroutines int          // started by start, which only the fetch loop calls
@@ -135,7 +136,8 @@ type pump struct {
 func newPump(name string, src Source, full int, allowed func() int, handle func(ctx, work context.Context, m Message), observe bool) *pump {
 	prefetch := max(1, full/2)
 	return &pump{
-		name: name, src: src, allowed: allowed, full: full, prefetch: prefetch, handle: handle, observe: observe,
+		name: name, src: src, allowed: allowed, full: full, prefetch: prefetch, poll: 250 * time.Millisecond,
+		handle: handle, observe: observe,
 		slotFreed: make(chan struct{}, 1),
 		work:      make(chan Message),
 		waiting:   make(chan Message, full+prefetch), // at most every message in flight
@@ -279,7 +281,7 @@ func (w *Worker) fetchLoop(ctx, work context.Context, p *pump) {
 		// Pull in batches: while work is under way, wait until a quarter of the slots are
 		// free rather than sending a pull request per freed slot.
 		if free <= 0 || (inflight > 0 && free < max(1, allowed/4)) {
-			p.waitSlot(ctx, 250*time.Millisecond)
+			p.waitSlot(ctx, p.poll)
 			continue
 		}
 		err := p.src.Fetch(ctx, free, func(m Message) { w.start(ctx, work, p, m) })
@@ -323,6 +325,26 @@ func (w *Worker) allowed() int {
 		}
 	}
 	return w.cfg.Concurrency
+}
+
+// wake tells the fetch loop to look again at what it may fetch: a slot was freed, or a
+// hold lifted.
+func (p *pump) wake() {
+	select {
+	case p.slotFreed <- struct{}{}:
+	default:
+	}
+}
+
+// Wake makes the fetch loops look again at once at what they may fetch. Call it when what
+// Deps.Hold reported has lifted (a Graph token arrived): otherwise an idle worker notices on
+// its next poll, up to 250 ms later.
+func (w *Worker) Wake() {
+	for _, p := range []*pump{w.requests, w.checks} {
+		if p != nil {
+			p.wake()
+		}
+	}
 }
 
 func (p *pump) waitSlot(ctx context.Context, d time.Duration) {
@@ -385,10 +407,7 @@ func (w *Worker) handleOne(ctx, work context.Context, p *pump, m Message) {
 		if p.observe {
 			w.obs.InFlight(-1)
 		}
-		select {
-		case p.slotFreed <- struct{}{}:
-		default:
-		}
+		p.wake()
 	}()
 	defer w.recoverPanic(work, p, m)
 	p.handle(ctx, work, m)

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -447,4 +448,38 @@ func TestPrefetchedMessagesWaitForAFreeSlot(t *testing.T) {
 			t.Fatal("a message never fetched was settled")
 		}
 	}
+}
+
+// TestWakeEndsAHoldAtOnce: a worker held back (no Graph token yet) starts fetching as soon
+// as it is woken, not at its next poll, which this test puts an hour away.
+func TestWakeEndsAHoldAtOnce(t *testing.T) {
+	var held atomic.Bool
+	held.Store(true)
+	var holdChecks atomic.Int64
+	src, sk := &fakeSource{ch: make(chan Message, 10)}, &sink{}
+	w, err := New(Config{Concurrency: 4}, Deps{
+		Source: src, Events: sk, DeadLetters: sk,
+		Graph: graphFunc(func(context.Context, string) (Response, error) { return Response{Status: 202}, nil }),
+		Hold: func() error {
+			holdChecks.Add(1)
+			if held.Load() {
+				return errors.New("no Graph token yet")
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.requests.poll = time.Hour
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	src.ch <- &fakeMsg{d: Delivery{Data: []byte(guid(1)), Stream: "S", StreamSeq: 1, NumDelivered: 1, Timestamp: time.Now()}}
+	waitFor(t, "the hold to be checked", func() bool { return holdChecks.Load() > 0 })
+	held.Store(false)
+	w.Wake()
+	waitFor(t, "the held request to be accepted after Wake", func() bool { return sk.kinds()[KindAccepted] == 1 })
 }

@@ -151,7 +151,13 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 
 	credCtx, stopCred := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopCred()
-	cred, client, err := newGraph(cfg, getenv, opts.graphHTTP, m, log)
+	// The worker holds fetching until there is a token; the first token (or the first after
+	// an outage) wakes it at once instead of at its next poll.
+	cred, client, err := newGraph(cfg, getenv, opts.graphHTTP, m, log, func() {
+		if w := wReady.Load(); w != nil {
+			w.Wake()
+		}
+	})
 	if err != nil {
 		return err
 	}
@@ -313,12 +319,14 @@ func workerConfig(cfg Config, log *slog.Logger) worker.Config {
 	}
 }
 
-func newGraph(cfg Config, getenv func(string) string, httpClient *http.Client, m *metrics.Metrics, log *slog.Logger) (*graph.Credential, *graph.Client, error) {
+// newGraph returns the Graph credential and client of cfg; onReady (may be nil) is called
+// when a token is obtained while none was held.
+func newGraph(cfg Config, getenv func(string) string, httpClient *http.Client, m *metrics.Metrics, log *slog.Logger, onReady func()) (*graph.Credential, *graph.Client, error) {
 	cloud, err := graph.CloudByName(cfg.Cloud)
 	if err != nil {
 		return nil, nil, fmt.Errorf("REPROCESSOR_CLOUD: %w", err)
 	}
-	cred, err := graph.NewCredential(getenv, cloud, graph.CredentialOptions{GraphURL: cfg.GraphURL, HTTPClient: httpClient, Logger: log})
+	cred, err := graph.NewCredential(getenv, cloud, graph.CredentialOptions{GraphURL: cfg.GraphURL, HTTPClient: httpClient, Logger: log, OnReady: onReady})
 	if err != nil {
 		return nil, nil, fmt.Errorf("graph credential: %w", err)
 	}

@@ -683,7 +683,7 @@ func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *grapht
 	gt.SetRateLimit(0, 0)
 	env := gt.Env("")
 	m := metrics.New(prometheus.NewRegistry(), buildInfo())
-	cred, client, err := newGraph(cfg, func(k string) string { return env[k] }, gt.Client(), m, log)
+	cred, client, err := newGraph(cfg, func(k string) string { return env[k] }, gt.Client(), m, log, nil)
 	if err != nil {
 		return 0, 0, err
 	}

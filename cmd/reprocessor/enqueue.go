@@ -499,7 +499,7 @@ func (c countingReader) Read(p []byte) (int, error) {
 // (REPROCESSOR_RATE, --graph-rate) and backoff.
 func (e *enqueuer) listGraph(ctx context.Context, fn func(idlist.ID) error) error {
 	m := metrics.New(prometheus.NewRegistry(), buildInfo())
-	cred, client, err := newGraph(e.cfg, e.getenv, e.io.graphHTTP, m, e.log)
+	cred, client, err := newGraph(e.cfg, e.getenv, e.io.graphHTTP, m, e.log, nil)
 	if err != nil {
 		return err
 	}
