@@ -40,10 +40,11 @@ func classify(resp Response, err error) classification {
 		}
 	}
 	s := resp.Status
-	detail := graphDetail(resp)
-	switch {
-	case s >= 200 && s < 300:
+	if s >= 200 && s < 300 {
 		return classification{verdict: verdictAccepted}
+	}
+	detail := graphDetail(resp) // only for errors: it costs a Sprintf per call
+	switch {
 	case s == http.StatusTooManyRequests, s == http.StatusServiceUnavailable, s == http.StatusGatewayTimeout:
 		return classification{verdict: verdictThrottled, reason: RetryThrottled, detail: detail}
 	case s == http.StatusRequestTimeout:
