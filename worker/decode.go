@@ -40,6 +40,11 @@ func Decode(data []byte) (Request, error) {
 	if len(trimmed) == 0 {
 		return Request{}, &DecodeError{CodeInvalidPayload, "empty payload"}
 	}
+	if len(trimmed) == 36 { // the common case, a bare GUID: nothing below could refuse it
+		if id, ok := NormalizeID(string(trimmed)); ok {
+			return Request{ID: id}, nil
+		}
+	}
 	if !utf8.Valid(trimmed) {
 		return Request{}, &DecodeError{CodeInvalidPayload, "payload is not UTF-8 text"}
 	}

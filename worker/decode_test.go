@@ -112,3 +112,20 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkDecode(b *testing.B) {
+	for _, c := range []struct{ name, data string }{
+		{"bare id", "0C5A5B2E-7F1C-4B4E-9A53-6A1F0E0D9B12"},
+		{"json", `{"id":"0c5a5b2e-7f1c-4b4e-9a53-6a1f0e0d9b12","correlationId":"run-1"}`},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			data := []byte(c.data)
+			for b.Loop() {
+				if _, err := Decode(data); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
