@@ -51,6 +51,7 @@ type benchFlags struct {
 	bare        bool
 	publishRate float64
 	json        bool
+	rounds      int
 }
 
 // benchResult is what a bench run measured.
@@ -112,6 +113,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	fs.BoolVar(&f.bare, "bare", true, "also run the bare pipelines (fetch, POST, ack; and the same storing an event per id) and print the ratios")
 	fs.Float64Var(&f.publishRate, "publish-rate", 0, "ids published per second; 0 as fast as possible")
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON")
+	fs.IntVar(&f.rounds, "rounds", 1, "run the whole bench this many times, each on a fresh NATS server and simulated Graph, and sum up the worker's ratios to the bare pipelines by their median: on a shared machine one round's ratio swings by a fifth")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (workers, NATS, simulated Graph) to this file")
 	load := BindConfig(fs, benchEnv(getenv))
 	if err := fs.Parse(args); err != nil {
@@ -122,8 +124,8 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 		fmt.Fprintf(stderr, "reprocessor bench: invalid configuration:\n%v\n", err)
 		return exitUsage
 	}
-	if f.ids < 1 || f.replicas < 1 || f.throttle < 0 || f.errors < 0 || f.errors > 1 || f.unknown < 0 || f.unknown > 1 || fs.NArg() > 0 {
-		fmt.Fprintln(stderr, "reprocessor bench: --ids and --replicas must be at least 1, --throttle at least 0, --errors and --unknown between 0 and 1, and no arguments")
+	if f.ids < 1 || f.replicas < 1 || f.rounds < 1 || f.throttle < 0 || f.errors < 0 || f.errors > 1 || f.unknown < 0 || f.unknown > 1 || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "reprocessor bench: --ids, --replicas and --rounds must be at least 1, --throttle at least 0, --errors and --unknown between 0 and 1, and no arguments")
 		return exitUsage
 	}
 	log, err := NewLogger(stderr, cfg.LogLevel, cfg.LogFormat, cfg.Secrets())
@@ -144,19 +146,87 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		defer pprof.StopCPUProfile()
 	}
-	res, err := runBench(ctx, cfg, f, log, stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "reprocessor bench: %v\n", err)
-		return exitFailed
+	var rounds benchRounds
+	for i := range f.rounds {
+		res, err := runBench(ctx, cfg, f, log, stderr)
+		if err != nil {
+			fmt.Fprintf(stderr, "reprocessor bench: %v\n", err)
+			return exitFailed
+		}
+		rounds.Rounds = append(rounds.Rounds, res)
+		if !f.json {
+			if f.rounds > 1 {
+				fmt.Fprintf(stdout, "— round %d of %d —\n", i+1, f.rounds)
+			}
+			res.print(stdout)
+		}
 	}
-	if f.json {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(res)
-	} else {
-		res.print(stdout)
+	rounds.sum()
+	switch {
+	case f.json && f.rounds == 1:
+		writeJSON(stdout, rounds.Rounds[0])
+	case f.json:
+		writeJSON(stdout, rounds)
+	case f.rounds > 1:
+		rounds.print(stdout)
 	}
 	return exitOK
+}
+
+func writeJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// benchRounds are the results of several runs of the same bench, summed up by medians.
+type benchRounds struct {
+	Rounds                   []benchResult `json:"rounds"`
+	MedianIdsPerSecond       float64       `json:"medianIdsPerSecond"`
+	MedianRatioToBare        float64       `json:"medianRatioToBare,omitempty"`
+	MedianRatioToBarePublish float64       `json:"medianRatioToBarePublish,omitempty"`
+}
+
+func (r *benchRounds) sum() {
+	field := func(get func(benchResult) float64) float64 {
+		v := make([]float64, len(r.Rounds))
+		for i, res := range r.Rounds {
+			v[i] = get(res)
+		}
+		return median(v)
+	}
+	r.MedianIdsPerSecond = field(func(b benchResult) float64 { return b.IdsPerSecond })
+	r.MedianRatioToBare = field(func(b benchResult) float64 { return b.RatioToBare })
+	r.MedianRatioToBarePublish = field(func(b benchResult) float64 { return b.RatioToBarePublish })
+}
+
+func (r benchRounds) print(w io.Writer) {
+	ratios := func(get func(benchResult) float64) string {
+		parts := make([]string, len(r.Rounds))
+		for i, res := range r.Rounds {
+			parts[i] = fmt.Sprintf("%.2f", get(res))
+		}
+		return strings.Join(parts, " ")
+	}
+	fmt.Fprintf(w, "— over %d rounds —\n", len(r.Rounds))
+	fmt.Fprintf(w, "throughput     median %.1f ids/s\n", r.MedianIdsPerSecond)
+	if r.MedianRatioToBare > 0 {
+		fmt.Fprintf(w, "bare pipeline  the worker does %.2f of it (median; rounds: %s)\n", r.MedianRatioToBare, ratios(func(b benchResult) float64 { return b.RatioToBare }))
+		fmt.Fprintf(w, "bare + publish the worker does %.2f of it (median; rounds: %s)\n", r.MedianRatioToBarePublish, ratios(func(b benchResult) float64 { return b.RatioToBarePublish }))
+	}
+}
+
+// median is the middle value of v (the mean of the two middle ones for an even count); v
+// is sorted in place.
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	slices.Sort(v)
+	if n := len(v); n%2 == 0 {
+		return (v[n/2-1] + v[n/2]) / 2
+	}
+	return v[len(v)/2]
 }
 
 // benchEnv gives the bench's defaults: quiet logs, no HTTP listener, no state tracking, no

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -77,6 +78,7 @@ func TestBenchCommandBadFlags(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{
 		{"bench", "--ids", "0"},
+		{"bench", "--rounds", "0"},
 		{"bench", "--errors", "2"},
 		{"bench", "--rate", "sometimes"},
 		{"bench", "extra"},
@@ -84,6 +86,57 @@ func TestBenchCommandBadFlags(t *testing.T) {
 		var out, errOut bytes.Buffer
 		if code := run(context.Background(), args, env{}.get, &out, &errOut); code != exitUsage {
 			t.Errorf("%q: exit %d, want %d", args, code, exitUsage)
+		}
+	}
+}
+
+// TestBenchCommandRounds: --rounds runs the whole bench again on fresh servers and sums the
+// ratios up by their median.
+func TestBenchCommandRounds(t *testing.T) {
+	t.Parallel()
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), []string{"bench", "--ids", "200", "--concurrency", "8", "--rate", "0", "--preload", "--rounds", "3", "--json"}, env{}.get, &out, &errOut)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var r benchRounds
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if len(r.Rounds) != 3 {
+		t.Fatalf("%d rounds, want 3: %s", len(r.Rounds), out.String())
+	}
+	ratios := make([]float64, 3)
+	for i, res := range r.Rounds {
+		if res.Completed != 200 || res.RatioToBare <= 0 || res.RatioToBarePublish <= 0 {
+			t.Errorf("round %d: %+v", i+1, res)
+		}
+		ratios[i] = res.RatioToBare
+	}
+	slices.Sort(ratios)
+	if r.MedianRatioToBare != ratios[1] || r.MedianIdsPerSecond <= 0 || r.MedianRatioToBarePublish <= 0 {
+		t.Errorf("medians %+v, ratios to bare %v", r, ratios)
+	}
+
+	out.Reset()
+	code = run(context.Background(), []string{"bench", "--ids", "100", "--concurrency", "8", "--rate", "0", "--rounds", "2"}, env{}.get, &out, &errOut)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	for _, want := range []string{"— round 1 of 2 —", "— round 2 of 2 —", "— over 2 rounds —", "the worker does", "(median; rounds: "} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, c := range []struct {
+		v    []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{3, 1, 2}, 2}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := median(c.v); got != c.want {
+			t.Errorf("median(%v) = %v, want %v", c.v, got, c.want)
 		}
 	}
 }
