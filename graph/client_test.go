@@ -348,16 +348,25 @@ func TestTokenFailure(t *testing.T) {
 	}
 }
 
-func TestCredentialRun(t *testing.T) {
-	t.Parallel()
-	b := setup(t, setupOpts{minBackoff: 5 * time.Millisecond})
-	b.srv.FailTokens(true)
+// runCredential runs the credential's refresh loop until the returned stop is called or
+// the test ends.
+func (b *bundle) runCredential(t *testing.T) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		b.cred.Run(ctx)
 	}()
+	stop = sync.OnceFunc(func() { cancel(); <-done })
+	t.Cleanup(stop)
+	return stop
+}
+
+func TestCredentialRun(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{minBackoff: 5 * time.Millisecond})
+	b.srv.FailTokens(true)
+	stop := b.runCredential(t)
 	eventually(t, func() bool { return b.srv.CallCount(graphtest.OpToken) >= 3 })
 	if b.cred.Ready() || b.cred.LastError() == nil {
 		t.Fatal("ready while the authority fails")
@@ -367,8 +376,7 @@ func TestCredentialRun(t *testing.T) {
 	if b.cred.LastError() != nil {
 		t.Fatal(b.cred.LastError())
 	}
-	cancel()
-	<-done
+	stop()
 	res, err := b.client.Reprocess(context.Background(), id1)
 	if err != nil || res.Status != 202 {
 		t.Fatalf("%+v %v", res, err)
@@ -382,13 +390,7 @@ func TestCredentialOnReady(t *testing.T) {
 	var ready atomic.Int64
 	b := setup(t, setupOpts{minBackoff: 5 * time.Millisecond, onReady: func() { ready.Add(1) }})
 	b.srv.FailTokens(true)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		b.cred.Run(ctx)
-	}()
-	defer func() { cancel(); <-done }()
+	b.runCredential(t)
 	eventually(t, func() bool { return b.srv.CallCount(graphtest.OpToken) >= 2 })
 	if n := ready.Load(); n != 0 {
 		t.Fatalf("OnReady called %d times while the authority fails", n)

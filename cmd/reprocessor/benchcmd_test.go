@@ -11,14 +11,10 @@ import (
 
 func TestBenchCommand(t *testing.T) {
 	t.Parallel()
-	var out, errOut bytes.Buffer
-	code := run(context.Background(), []string{"bench", "--ids", "300", "--replicas", "2", "--concurrency", "8", "--rate", "auto", "--unknown", "0.2", "--json"}, env{}.get, &out, &errOut)
-	if code != exitOK {
-		t.Fatalf("exit %d: %s", code, errOut.String())
-	}
+	out := benchOK(t, "--ids", "300", "--replicas", "2", "--concurrency", "8", "--rate", "auto", "--unknown", "0.2", "--json")
 	var r benchResult
-	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-		t.Fatalf("%v: %s", err, out.String())
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("%v: %s", err, out)
 	}
 	// About a fifth of the ids are unknown to the simulated Graph: they end failed, which
 	// completes them too.
@@ -41,31 +37,23 @@ func TestBenchCommand(t *testing.T) {
 
 func TestBenchCommandThrottledText(t *testing.T) {
 	t.Parallel()
-	var out, errOut bytes.Buffer
-	code := run(context.Background(), []string{"bench", "--ids", "150", "--throttle", "100", "--throttle-burst", "5", "--rate", "50", "--preload", "--bare=false"}, env{}.get, &out, &errOut)
-	if code != exitOK {
-		t.Fatalf("exit %d: %s", code, errOut.String())
-	}
+	out := benchOK(t, "--ids", "150", "--throttle", "100", "--throttle-burst", "5", "--rate", "50", "--preload", "--bare=false")
 	for _, want := range []string{"rate 50, simulated Graph throttle 100/s", "150 of 150 completed", " 0 answered 429", "publish→event", "peak RSS"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("output lacks %q:\n%s", want, out.String())
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Contains(out.String(), "bare pipeline") {
-		t.Errorf("bare pipeline run with --bare=false:\n%s", out.String())
+	if strings.Contains(string(out), "bare pipeline") {
+		t.Errorf("bare pipeline run with --bare=false:\n%s", out)
 	}
 }
 
 func TestBenchCommandStopsAfterDuration(t *testing.T) {
 	t.Parallel()
-	var out, errOut bytes.Buffer
-	code := run(context.Background(), []string{"bench", "--ids", "5000", "--rate", "100", "--preload", "--duration", "1s", "--bare=false", "--json"}, env{}.get, &out, &errOut)
-	if code != exitOK {
-		t.Fatalf("exit %d: %s", code, errOut.String())
-	}
+	out := benchOK(t, "--ids", "5000", "--rate", "100", "--preload", "--duration", "1s", "--bare=false", "--json")
 	var r benchResult
-	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-		t.Fatalf("%v: %s", err, out.String())
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("%v: %s", err, out)
 	}
 	// 100 calls a second for a second: the ids worked in that second count, not the ones
 	// finished while the workers stopped, nor the thousands never fetched.
@@ -94,17 +82,13 @@ func TestBenchCommandBadFlags(t *testing.T) {
 // ratios up by their median.
 func TestBenchCommandRounds(t *testing.T) {
 	t.Parallel()
-	var out, errOut bytes.Buffer
-	code := run(context.Background(), []string{"bench", "--ids", "200", "--concurrency", "8", "--rate", "0", "--preload", "--rounds", "3", "--json"}, env{}.get, &out, &errOut)
-	if code != exitOK {
-		t.Fatalf("exit %d: %s", code, errOut.String())
-	}
+	out := benchOK(t, "--ids", "200", "--concurrency", "8", "--rate", "0", "--preload", "--rounds", "3", "--json")
 	var r benchRounds
-	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-		t.Fatalf("%v: %s", err, out.String())
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("%v: %s", err, out)
 	}
 	if len(r.Rounds) != 3 {
-		t.Fatalf("%d rounds, want 3: %s", len(r.Rounds), out.String())
+		t.Fatalf("%d rounds, want 3: %s", len(r.Rounds), out)
 	}
 	ratios := make([]float64, 3)
 	for i, res := range r.Rounds {
@@ -118,14 +102,10 @@ func TestBenchCommandRounds(t *testing.T) {
 		t.Errorf("medians %+v, ratios to bare %v", r, ratios)
 	}
 
-	out.Reset()
-	code = run(context.Background(), []string{"bench", "--ids", "100", "--concurrency", "8", "--rate", "0", "--rounds", "2"}, env{}.get, &out, &errOut)
-	if code != exitOK {
-		t.Fatalf("exit %d: %s", code, errOut.String())
-	}
+	out = benchOK(t, "--ids", "100", "--concurrency", "8", "--rate", "0", "--rounds", "2")
 	for _, want := range []string{"— round 1 of 2 —", "— round 2 of 2 —", "— over 2 rounds —", "the worker does", "(median; rounds: "} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("output lacks %q:\n%s", want, out.String())
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
 }
@@ -139,4 +119,15 @@ func TestMedian(t *testing.T) {
 			t.Errorf("median(%v) = %v, want %v", c.v, got, c.want)
 		}
 	}
+}
+
+// benchOK runs the bench command with args and returns what it printed to stdout; any exit
+// but exitOK fails the test.
+func benchOK(t *testing.T, args ...string) []byte {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), append([]string{"bench"}, args...), env{}.get, &out, &errOut); code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	return out.Bytes()
 }
