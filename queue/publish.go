@@ -44,7 +44,7 @@ func (q *Queue) PublishEvent(ctx context.Context, e *worker.Event) error {
 	if e.ID == "" || !validHeaderValue(e.ID) {
 		return fmt.Errorf("publish event of kind %s: id %q: must be non-empty, without control characters", kind, e.ID)
 	}
-	data, err := e.AppendJSON(make([]byte, 0, eventSizeHint))
+	data, err := e.JSON()
 	if err != nil {
 		return fmt.Errorf("publish event %s: encode: %w", e.ID, err)
 	}
@@ -62,12 +62,9 @@ func (q *Queue) PublishEvent(ctx context.Context, e *worker.Event) error {
 	return nil
 }
 
-// eventSizeHint is room for a typical event's JSON: an accepted event is about 450 bytes.
-const eventSizeHint = 640
-
-// publishAckTimeout is how long an event or a state check waits for the stream's
+// PublishAckTimeout is how long an event or a state check waits for the stream's
 // acknowledgement, as long as a synchronous JetStream publish waits by default.
-const publishAckTimeout = 5 * time.Second
+const PublishAckTimeout = 5 * time.Second
 
 // DeadLetter copies the delivered request to "<prefix>.dlq": its data byte for byte, its
 // headers as they were except that every JetStream control header (Nats-*) is renamed

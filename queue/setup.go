@@ -46,7 +46,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config, logger *slog
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	q := &Queue{cfg: cfg, js: js, nc: js.Conn(), acked: NewAckedPublisher(js.Conn(), publishAckTimeout), logger: logger}
+	q := &Queue{cfg: cfg, js: js, nc: js.Conn(), acked: NewAckedPublisher(js.Conn(), PublishAckTimeout), logger: logger}
 	q.requestsSubject, q.eventsPrefix, q.dlqSubject = cfg.Subjects()
 	q.verifySubject = cfg.VerifySubject()
 

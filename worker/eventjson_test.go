@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// TestAppendJSONMatchesEncodingJSON compares AppendJSON with json.Marshal over events made
+// TestAppendJSONMatchesEncodingJSON compares appendJSON with json.Marshal over events made
 // of hostile strings (quotes, HTML, control characters, invalid UTF-8, U+2028), odd times
 // (zones, nanoseconds, the zero time, years json refuses) and every optional field set or not.
 func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
@@ -38,13 +38,13 @@ func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
 			e.Data.Settled = &settled
 		}
 		want, wantErr := json.Marshal(&e)
-		got, err := e.AppendJSON([]byte("prefix"))
+		got, err := e.appendJSON([]byte("prefix"))
 		if (err != nil) != (wantErr != nil) {
-			t.Fatalf("event %d: AppendJSON error %v, json.Marshal error %v", i, err, wantErr)
+			t.Fatalf("event %d: appendJSON error %v, json.Marshal error %v", i, err, wantErr)
 		}
 		if err != nil {
 			if string(got) != "prefix" {
-				t.Fatalf("event %d: on error AppendJSON returned %q, want the prefix untouched", i, got)
+				t.Fatalf("event %d: on error appendJSON returned %q, want the prefix untouched", i, got)
 			}
 			continue
 		}
@@ -69,10 +69,10 @@ func BenchmarkEventJSON(b *testing.B) {
 			}
 		}
 	})
-	b.Run("AppendJSON", func(b *testing.B) {
+	b.Run("JSON", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := e.AppendJSON(make([]byte, 0, 640)); err != nil {
+			if _, err := e.JSON(); err != nil {
 				b.Fatal(err)
 			}
 		}

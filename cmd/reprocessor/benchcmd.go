@@ -787,7 +787,7 @@ func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *grapht
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	pub := queue.NewAckedPublisher(js.Conn(), 5*time.Second)
+	pub := queue.NewAckedPublisher(js.Conn(), queue.PublishAckTimeout)
 	start, cpuStart := time.Now(), processCPU()
 	var done atomic.Int64
 	finished := make(chan struct{})
@@ -846,7 +846,7 @@ func barePublishEvent(ctx context.Context, pub *queue.AckedPublisher, msg jetstr
 		Data: worker.EventData{AssignmentID: id, Attempts: 1, HTTPStatus: 200, GraphRequestID: "00000000-0000-4000-8000-000000000000",
 			ClientRequestID: "00000000-0000-4000-8000-000000000000", RequestedAt: meta.Timestamp.UTC(), CompletedAt: now},
 	}
-	data, err := ev.AppendJSON(make([]byte, 0, 640))
+	data, err := ev.JSON()
 	if err != nil {
 		return err
 	}
