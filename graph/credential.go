@@ -312,13 +312,14 @@ func (c *Credential) obtain(ctx context.Context, fresh bool) (string, error) {
 	c.mu.Lock()
 	now := c.now()
 	if err != nil {
-		defer c.mu.Unlock()
 		c.lastErr = c.wrap(err)
 		wait := c.backoff.NextBackOff()
 		c.nextTry = now.Add(wait)
 		c.log.LogAttrs(ctx, slog.LevelWarn, "graph token request failed", slog.String("credential", c.kind),
 			slog.String("reason", c.lastErr.(*TokenError).Reason), slog.Duration("next_attempt_in", wait))
-		return "", c.lastErr
+		lastErr := c.lastErr
+		c.mu.Unlock()
+		return "", lastErr
 	}
 	becameReady := c.token == "" || !now.Before(c.expires)
 	if c.lastErr != nil {
@@ -333,7 +334,7 @@ func (c *Credential) obtain(ctx context.Context, fresh bool) (string, error) {
 	c.backoff.Reset()
 	c.mu.Unlock()
 	if becameReady && c.onReady != nil {
-		c.onReady()
+		c.onReady() // outside the lock: it may call back into the credential
 	}
 	return at.Token, nil
 }

@@ -125,12 +125,12 @@ type pump struct {
 	prefetch   int
 	poll       time.Duration // how often a fetch loop with nothing to do looks again unwoken
 	handle     func(ctx, work context.Context, m Message)
-	inflight   atomic.Int64 // fetched and not yet settled, waiting ones included
-	goroutines int          // started by start, which only the fetch loop calls
-	slotFreed  chan struct{}
-	work       chan Message // hands a message to an idle goroutine
-	waiting    chan Message // fetched messages no goroutine was free for
-	observe    bool         // report in-flight counts to the Observer
+	inflight   atomic.Int64  // fetched and not yet settled, waiting ones included
+	goroutines int           // started by start, which only the fetch loop calls
+	wakeup     chan struct{} // a slot was freed or a hold lifted: the fetch loop looks again
+	work       chan Message  // hands a message to an idle goroutine
+	waiting    chan Message  // fetched messages no goroutine was free for
+	observe    bool          // report in-flight counts to the Observer
 }
 
 func newPump(name string, src Source, full int, allowed func() int, handle func(ctx, work context.Context, m Message), observe bool) *pump {
@@ -138,9 +138,9 @@ func newPump(name string, src Source, full int, allowed func() int, handle func(
 	return &pump{
 		name: name, src: src, allowed: allowed, full: full, prefetch: prefetch, poll: 250 * time.Millisecond,
 		handle: handle, observe: observe,
-		slotFreed: make(chan struct{}, 1),
-		work:      make(chan Message),
-		waiting:   make(chan Message, full+prefetch), // at most every message in flight
+		wakeup:  make(chan struct{}, 1),
+		work:    make(chan Message),
+		waiting: make(chan Message, full+prefetch), // at most every message in flight
 	}
 }
 
@@ -331,7 +331,7 @@ func (w *Worker) allowed() int {
 // hold lifted.
 func (p *pump) wake() {
 	select {
-	case p.slotFreed <- struct{}{}:
+	case p.wakeup <- struct{}{}:
 	default:
 	}
 }
@@ -352,7 +352,7 @@ func (p *pump) waitSlot(ctx context.Context, d time.Duration) {
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-	case <-p.slotFreed:
+	case <-p.wakeup:
 	case <-t.C:
 	}
 }
