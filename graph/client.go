@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 )
@@ -42,8 +43,17 @@ const (
 // DefaultTimeout is the per-call timeout when Config.Timeout is zero.
 const DefaultTimeout = 30 * time.Second
 
-// maxBody bounds how much of an answer is read.
-const maxBody = 16 << 20
+// Bounds on what is read of an answer (DESIGN section 4): a body only where it carries
+// information, an error body or a single assignment at most 64 KiB, a page of a list at
+// most 8 MiB (999 assignments with their properties); the headers at most 64 KiB; a header
+// value kept for events and logs at most 256 bytes.
+const (
+	maxBody         = 64 << 10
+	maxPageBody     = 8 << 20
+	maxHeaderBytes  = 64 << 10
+	maxHeaderValue  = 256
+	maxDrainOnReuse = 4 << 10 // what is read of an unread body to keep its connection
+)
 
 // Config configures a Client. Its zero value, with Tokens set, calls the public cloud's v1.0.
 type Config struct {
@@ -123,6 +133,7 @@ func New(cfg Config) (*Client, error) {
 	if c.http == nil {
 		c.http = &http.Client{Transport: NewTransport()}
 	}
+	c.http = NoRedirects(c.http)
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -156,15 +167,31 @@ func collectionPath(version string) string {
 }
 
 // NewTransport returns the default transport: HTTP/2 allowed, TLS 1.2 or later, many idle
-// connections kept per host.
+// connections kept per host, answers' headers at most 64 KiB.
 func NewTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.ForceAttemptHTTP2 = true
 	t.MaxIdleConns = 512
 	t.MaxIdleConnsPerHost = 256
 	t.IdleConnTimeout = 90 * time.Second
+	t.MaxResponseHeaderBytes = maxHeaderBytes
 	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	return t
+}
+
+// NoRedirects returns a copy of hc (a new default client when nil) that follows no
+// redirect: a 3xx is returned as the answer. Go strips the Authorization header on a
+// redirect only when the host name changes, so a redirect to another port or scheme of the
+// same host would carry the bearer token (or, from the authority, the client secret) there,
+// once in clear text; and a 302 or 303 turns the POST into a GET.
+func NoRedirects(hc *http.Client) *http.Client {
+	c := &http.Client{Transport: NewTransport()}
+	if hc != nil {
+		c2 := *hc
+		c = &c2
+	}
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return c
 }
 
 // NewUUID returns a random (version 4) UUID in lower case.
@@ -223,6 +250,10 @@ func (c *Client) GetAssignment(ctx context.Context, id string) (Assignment, Resu
 	a, err := decodeAssignment(body, c.beta)
 	if err != nil {
 		return Assignment{}, res, fmt.Errorf("get assignment %s: %w", strings.ToLower(id), err)
+	}
+	if !strings.EqualFold(a.ID, id) {
+		// An answer about another assignment (or none) says nothing of this one's state.
+		return Assignment{}, res, fmt.Errorf("get assignment %s: %w: the answer is about assignment %q", strings.ToLower(id), ErrDecode, truncate(a.ID, 64))
 	}
 	return a, res, nil
 }
@@ -368,7 +399,24 @@ func callError(ctx context.Context, err error) error {
 	}
 }
 
-// send makes one HTTP call and reads its answer.
+// bodyLimit is how much of a 2xx answer to op is read: none of a reprocess (its status is
+// the whole answer), a page of a list up to maxPageBody, anything else up to maxBody.
+func bodyLimit(op string, status int) int64 {
+	switch {
+	case status < 200 || status >= 300:
+		return maxBody // an error body: code and message
+	case op == OpReprocess:
+		return 0
+	case op == OpListAssignments:
+		return maxPageBody
+	}
+	return maxBody
+}
+
+// send makes one HTTP call and reads its answer. The status decides: a body is read only
+// where it carries information, at most bodyLimit; an error body that cannot be read in
+// time (it stalls, or the connection breaks) leaves the status standing without it. A 2xx
+// body that is longer than the limit is ErrDecode.
 func (c *Client) send(ctx context.Context, op, method, target, token string) ([]byte, Result, error) {
 	res := Result{ClientRequestID: c.newID()}
 	req, err := http.NewRequestWithContext(ctx, method, target, http.NoBody)
@@ -388,23 +436,41 @@ func (c *Client) send(ctx context.Context, op, method, target, token string) ([]
 			slog.String("client_request_id", res.ClientRequestID), slog.Any("error", err))
 		return nil, res, err
 	}
-	body, readErr := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody)) // drain for keep-alive
-	_ = resp.Body.Close()
-	if readErr != nil {
-		c.observed(op, "error", time.Since(start))
-		return nil, res, callError(ctx, readErr)
-	}
-	c.observed(op, strconv.Itoa(resp.StatusCode), time.Since(start))
 	res.Status = resp.StatusCode
-	res.RequestID = resp.Header.Get("request-id")
-	res.Date = resp.Header.Get("Date")
-	res.Diagnostic = resp.Header.Get("x-ms-ags-diagnostic")
+	res.RequestID = headerValue(resp.Header, "request-id")
+	res.Date = headerValue(resp.Header, "Date")
+	res.Diagnostic = headerValue(resp.Header, "x-ms-ags-diagnostic")
 	if h := resp.Header.Get("Retry-After"); h != "" {
 		res.RetryAfter, res.HasRetryAfter = ParseRetryAfter(h, time.Now())
 	}
+	limit := bodyLimit(op, resp.StatusCode)
+	var body []byte
+	var readErr error
+	if limit > 0 {
+		body, readErr = io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	}
+	if limit > 0 && readErr == nil && resp.ContentLength >= 0 && resp.ContentLength <= maxDrainOnReuse {
+		// Drain a short rest of known length so that the connection is reused; a body of
+		// unknown or great length, or one not read at all, is cut by closing it instead.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrainOnReuse))
+	}
+	_ = resp.Body.Close()
+	c.observed(op, strconv.Itoa(resp.StatusCode), time.Since(start))
 	if resp.StatusCode >= 300 {
-		res.Error = decodeAPIError(bytes.TrimSpace(body))
+		if readErr != nil {
+			c.log.LogAttrs(ctx, slog.LevelDebug, "graph error body not read; the status stands", slog.String("operation", op),
+				slog.Int("status", res.Status), slog.Any("error", readErr))
+			body = nil
+		}
+		res.Error = decodeAPIError(bytes.TrimSpace(body[:min(len(body), maxBody)]))
+		body = nil
+	} else if limit > 0 {
+		switch {
+		case readErr != nil:
+			return nil, res, fmt.Errorf("%w: reading the answer: %w", ErrDecode, callError(ctx, readErr))
+		case len(body) > int(limit):
+			return nil, res, fmt.Errorf("%w: the answer is longer than %d bytes", ErrDecode, limit)
+		}
 	}
 	if c.log.Enabled(ctx, slog.LevelDebug) {
 		c.log.LogAttrs(ctx, slog.LevelDebug, "graph call", slog.String("operation", op),
@@ -413,6 +479,21 @@ func (c *Client) send(ctx context.Context, op, method, target, token string) ([]
 			slog.String("diagnostic", res.Diagnostic), slog.Duration("duration", time.Since(start)))
 	}
 	return body, res, nil
+}
+
+// headerValue returns a header's value cut to maxHeaderValue bytes, valid UTF-8 without
+// control characters: what an answer says goes into events and logs.
+func headerValue(h http.Header, name string) string {
+	v := h.Get(name)
+	if len(v) > maxHeaderValue {
+		v = v[:maxHeaderValue]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
+			return -1
+		}
+		return r
+	}, strings.ToValidUTF8(v, ""))
 }
 
 func (c *Client) observed(op, code string, d time.Duration) {

@@ -412,10 +412,10 @@ func TestCredentialOnReady(t *testing.T) {
 	}
 }
 
-// TestCredentialRenewsBeforeExpiry: with a 2s lifetime the token is replaced after 1s.
+// TestCredentialRenewsBeforeExpiry: with a 3s lifetime the token is replaced after 1.5s.
 func TestCredentialRenewsBeforeExpiry(t *testing.T) {
 	t.Parallel()
-	b := setup(t, setupOpts{server: graphtest.Options{TokenLifetime: 2 * time.Second}})
+	b := setup(t, setupOpts{server: graphtest.Options{TokenLifetime: 3 * time.Second}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

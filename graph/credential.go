@@ -48,6 +48,14 @@ const maxRefreshMargin = 5 * time.Minute
 // fetchTimeout bounds one token request, whoever waits for it.
 const fetchTimeout = time.Minute
 
+// minTokenLifetime is the shortest lifetime of a token that is used: one that expires
+// sooner (expires_in 0 or negative from a broken authority) counts as a failed request, so
+// that it is retried with backoff instead of at once, for ever.
+const minTokenLifetime = 2 * time.Second
+
+// errShortLived is the cause of a token refused for its short lifetime.
+var errShortLived = errors.New("the authority issued a token that expires at once")
+
 // CredentialOptions configures NewCredential.
 type CredentialOptions struct {
 	// GraphURL is the Graph base URL whose "/.default" scope is asked for; default the
@@ -121,9 +129,11 @@ func NewCredential(env func(string) string, c Cloud, opts CredentialOptions) (*C
 		}
 		authority = strings.TrimRight(u.String(), "/") + "/"
 	}
-	clientOpts := azcore.ClientOptions{Cloud: cloud.Configuration{ActiveDirectoryAuthorityHost: authority}}
-	if opts.HTTPClient != nil {
-		clientOpts.Transport = opts.HTTPClient
+	// Token requests follow no redirect either: a 307 would re-post the client secret or
+	// assertion to wherever it points.
+	clientOpts := azcore.ClientOptions{
+		Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: authority},
+		Transport: NoRedirects(opts.HTTPClient),
 	}
 	tenant, client := env(EnvTenantID), env(EnvClientID)
 	cr := &Credential{
@@ -311,6 +321,9 @@ func (c *Credential) obtain(ctx context.Context, fresh bool) (string, error) {
 
 	c.mu.Lock()
 	now := c.now()
+	if err == nil && at.ExpiresOn.Sub(now) < minTokenLifetime {
+		err = fmt.Errorf("%w (it expires in %s, less than %s): not used", errShortLived, at.ExpiresOn.Sub(now).Round(time.Second), minTokenLifetime)
+	}
 	if err != nil {
 		c.lastErr = c.wrap(err)
 		wait := c.backoff.NextBackOff()

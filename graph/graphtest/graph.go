@@ -89,6 +89,9 @@ func (s *Server) unknown(id string) bool {
 }
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if fn := s.intercept.Load(); fn != nil && (*fn)(w, r) {
+		return
+	}
 	p := r.URL.Path
 	switch {
 	case strings.HasPrefix(p, v1Collection):

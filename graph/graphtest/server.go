@@ -117,6 +117,8 @@ type Server struct {
 	answersMu sync.RWMutex
 	answers   map[string]int
 
+	intercept atomic.Pointer[Interceptor]
+
 	life lifecycles
 
 	storeMu sync.RWMutex
@@ -126,6 +128,21 @@ type Server struct {
 	callsMu sync.Mutex
 	calls   []Call
 	counts  sync.Map // operation -> *atomic.Int64
+}
+
+// Interceptor answers a request instead of the simulated Graph and authority, for tests that
+// play a hostile server (redirects, endless or stalled bodies, a token that expires at
+// once, an answer about another assignment). It reports whether it answered; when it did
+// not, the request is served as usual.
+type Interceptor func(w http.ResponseWriter, r *http.Request) bool
+
+// SetInterceptor sets (nil: removes) what answers requests before the simulated Graph.
+func (s *Server) SetInterceptor(fn Interceptor) {
+	if fn == nil {
+		s.intercept.Store(nil)
+		return
+	}
+	s.intercept.Store(&fn)
 }
 
 type tokenInfo struct {
