@@ -110,41 +110,46 @@ type ReplayResult struct {
 // ReplayDeadLetters re-publishes the selected dead letters to the requests subject, each
 // with its original data and non-Reprocess headers, and deletes each from the dead-letter
 // stream only once its publish was acknowledged. With dryRun it only selects. fn is called
-// for every selected dead letter. It returns how many were replayed, and stops at the first
-// error of NATS (a dead letter that could not be replayed stays in the stream).
+// for every selected dead letter, as it is read: memory does not grow with the stream. It
+// returns how many were replayed, and stops at the first error of NATS (a dead letter that
+// could not be replayed stays in the stream). A dead letter that fails again after its
+// replay is stored anew past the end of what is read, so a replay never loops.
 func ReplayDeadLetters(ctx context.Context, js jetstream.JetStream, dlqStream, requestsSubject string, f DLQFilter, dryRun bool, fn func(ReplayResult)) (int, error) {
-	var selected []DeadLetter
-	err := ListDeadLetters(ctx, js, dlqStream, f, func(d DeadLetter) error {
-		selected = append(selected, d)
-		return nil
-	})
-	if err != nil {
-		return 0, err
-	}
-	if dryRun {
-		for _, d := range selected {
-			fn(ReplayResult{DeadLetter: d})
+	var st jetstream.Stream
+	if !dryRun {
+		var err error
+		if st, err = js.Stream(ctx, dlqStream); err != nil {
+			return 0, fmt.Errorf("stream %s: %w", dlqStream, err)
 		}
-		return 0, nil
-	}
-	st, err := js.Stream(ctx, dlqStream)
-	if err != nil {
-		return 0, fmt.Errorf("stream %s: %w", dlqStream, err)
 	}
 	n := 0
-	for _, d := range selected {
+	err := ListDeadLetters(ctx, js, dlqStream, f, func(d DeadLetter) error {
+		if dryRun {
+			fn(ReplayResult{DeadLetter: d})
+			return nil
+		}
 		if _, err := js.PublishMsg(ctx, replayMessage(d, requestsSubject, dlqStream)); err != nil {
 			err = fmt.Errorf("replay dead letter %d: %w", d.Seq, err)
 			fn(ReplayResult{DeadLetter: d, Err: err})
-			return n, err
+			return errReplay{err}
 		}
 		if err := st.DeleteMsg(ctx, d.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 			err = fmt.Errorf("delete dead letter %d after replaying it: %w", d.Seq, err)
 			fn(ReplayResult{DeadLetter: d, Err: err})
-			return n, err
+			return errReplay{err}
 		}
 		n++
 		fn(ReplayResult{DeadLetter: d})
+		return nil
+	})
+	var re errReplay
+	if errors.As(err, &re) {
+		return n, re.err
 	}
-	return n, nil
+	return n, err
 }
+
+// errReplay carries a replay's own error out of the listing.
+type errReplay struct{ err error }
+
+func (e errReplay) Error() string { return e.err.Error() }

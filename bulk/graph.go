@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/reprocessor/reprocessor/graph"
@@ -88,13 +89,16 @@ func listPage(ctx context.Context, l Lister, c ListConfig, q graph.ListQuery, pa
 			detail := ""
 			if res.Error != nil {
 				detail = ": " + res.Error.Error()
+				if len(detail) > 1024 {
+					detail = strings.ToValidUTF8(detail[:1024], "") + "...[truncated]"
+				}
 			}
 			return graph.Page{}, fmt.Errorf("list assignments, page %d: graph answered %d%s (request-id %s)", page, res.Status, detail, res.RequestID)
 		}
 		if !retry || attempt >= c.Attempts {
 			return graph.Page{}, fmt.Errorf("list assignments, page %d, after %d attempts: %w", page, attempt, err)
 		}
-		delay := c.Backoff.Delay(attempt, worker.Response{RetryAfter: res.RetryAfter, HasRetryAfter: res.HasRetryAfter}, rand.Float64)
+		delay := c.Backoff.Delay(attempt, worker.Response{Status: res.Status, RetryAfter: res.RetryAfter, HasRetryAfter: res.HasRetryAfter}, rand.Float64)
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():

@@ -80,6 +80,8 @@ type Metrics struct {
 
 	eventsPublished      *labelled[prometheus.Counter]
 	eventPublishFailures prometheus.Counter
+	duplicateOutcomes    *labelled[prometheus.Counter]
+	conflictingOutcomes  *labelled[prometheus.Counter]
 
 	circuitOpen prometheus.Gauge
 	lastSuccess prometheus.Gauge
@@ -175,6 +177,16 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		Name:      "event_publish_failures_total",
 		Help:      "CloudEvent publications that failed.",
 	})
+	duplicateOutcomes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace,
+		Name:      "duplicate_outcomes_total",
+		Help:      "Terminal events not stored because the stream already held one for the request (an earlier delivery's ack was lost), by the kind dropped.",
+	}, []string{"kind"})
+	conflictingOutcomes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace,
+		Name:      "conflicting_outcomes_total",
+		Help:      "Of those, the ones whose dropped outcome differed from the stored one, which stands, by the kind dropped.",
+	}, []string{"kind"})
 	circuitOpen := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace,
 		Name:      "circuit_open",
@@ -220,7 +232,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 	reg.MustRegister(
 		received, queueWait, completed, processing, deadLettered, retries,
 		throttled, throttleWait, rateLimitWait, rateLimit, concurrency, inFlight,
-		eventsPublished, eventPublishFailures, circuitOpen, lastSuccess,
+		eventsPublished, eventPublishFailures, duplicateOutcomes, conflictingOutcomes, circuitOpen, lastSuccess,
 		graphRequests, graphDuration, queuePending, queueAckPending, stateChanges, buildInfo,
 	)
 
@@ -248,6 +260,8 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 		inFlight:             inFlight,
 		eventsPublished:      newLabelled(eventsPublished.WithLabelValues, worker.EventKinds),
 		eventPublishFailures: eventPublishFailures,
+		duplicateOutcomes:    newLabelled(duplicateOutcomes.WithLabelValues, worker.Outcomes),
+		conflictingOutcomes:  newLabelled(conflictingOutcomes.WithLabelValues, worker.Outcomes),
 		circuitOpen:          circuitOpen,
 		lastSuccess:          lastSuccess,
 		graphRequests:        graphRequests,
@@ -323,6 +337,15 @@ func (m *Metrics) EventPublished(kind string) { m.eventsPublished.get(kind).Inc(
 
 // EventPublishFailed counts an event publication that failed.
 func (m *Metrics) EventPublishFailed() { m.eventPublishFailures.Inc() }
+
+// EventDuplicate counts a terminal event the stream already held one for; conflict when
+// the dropped one had another outcome than the stored one.
+func (m *Metrics) EventDuplicate(kind string, conflict bool) {
+	m.duplicateOutcomes.get(kind).Inc()
+	if conflict {
+		m.conflictingOutcomes.get(kind).Inc()
+	}
+}
 
 // CircuitOpen records whether the 403 circuit is open.
 func (m *Metrics) CircuitOpen(open bool) { m.circuitOpen.Set(flag(open)) }

@@ -85,6 +85,8 @@ func TestNewExportsEverySeries(t *testing.T) {
 		"reprocessor_queue_ack_pending_messages":     1,
 		"reprocessor_events_published_total":         len(worker.EventKinds),
 		"reprocessor_event_publish_failures_total":   1,
+		"reprocessor_duplicate_outcomes_total":       len(worker.Outcomes),
+		"reprocessor_conflicting_outcomes_total":     len(worker.Outcomes),
 		"reprocessor_circuit_open":                   1,
 		"reprocessor_last_success_timestamp_seconds": 1,
 		"reprocessor_build_info":                     1,

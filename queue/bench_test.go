@@ -33,8 +33,8 @@ func BenchmarkPublishEvent(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		e := testEvent("")
 		for pb.Next() {
-			e.ID = worker.EventID(DefaultRequestsStream, seq.Add(1), worker.KindAccepted)
-			if err := f.q.PublishEvent(ctx, e); err != nil {
+			e.ID = worker.RequestRef(DefaultRequestsStream, seq.Add(1), time.Unix(0, 1)) + "-outcome"
+			if _, err := f.q.PublishEvent(ctx, e); err != nil {
 				b.Error(err)
 				return
 			}

@@ -8,10 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/reprocessor/reprocessor/worker"
 )
 
 // SharedRate is the part of an adaptive rate limiter (ratelimit.Adaptive) that the replicas
@@ -195,14 +198,69 @@ func (c *Control) publish(subject string, m controlMsg) {
 	}
 }
 
+// Bounds on what a control message may say: anything outside them is not obeyed.
+const (
+	maxControlBytes = 1024 // a longer message is ignored
+	maxPeers        = 256  // replicas counted at most; more are ignored until some leave
+	maxPeerRate     = 1e6  // calls per second a heartbeat may report
+	maxInstanceLen  = 128  // longest instance name logged
+	controlIDLen    = 16   // hex digits of a replica id
+	maxPauseMS      = int64(worker.MaxPause / time.Millisecond)
+)
+
+// parseControl decodes and validates one control message: nil for one that does not parse
+// or says what no replica would (an unknown kind, a malformed id, a negative or non-finite
+// rate, a negative pause). A pause longer than worker.MaxPause is cut to it and reported.
+func parseControl(data []byte) (m *controlMsg, capped bool) {
+	if len(data) > maxControlBytes {
+		return nil, false
+	}
+	var cm controlMsg
+	if err := json.Unmarshal(data, &cm); err != nil {
+		return nil, false
+	}
+	switch cm.Kind {
+	case "pause", "cut", "beat", "hello", "bye":
+	default:
+		return nil, false
+	}
+	if len(cm.ID) != controlIDLen || strings.Trim(cm.ID, "0123456789abcdef") != "" {
+		return nil, false
+	}
+	if !(cm.Rate >= 0 && cm.Rate <= maxPeerRate) || cm.PauseMS < 0 {
+		return nil, false
+	}
+	if cm.PauseMS > maxPauseMS {
+		cm.PauseMS, capped = maxPauseMS, true
+	}
+	cm.Instance = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, cm.Instance)
+	if len(cm.Instance) > maxInstanceLen {
+		cm.Instance = cm.Instance[:maxInstanceLen]
+	}
+	return &cm, capped
+}
+
 func (c *Control) receive(msg *nats.Msg) {
-	var m controlMsg
-	if err := json.Unmarshal(msg.Data, &m); err != nil || m.ID == "" || m.ID == c.id {
+	m, capped := parseControl(msg.Data)
+	if m == nil {
+		c.cfg.Logger.Debug("ignoring a control message that does not parse", "subject", msg.Subject, "bytes", len(msg.Data))
 		return
+	}
+	if m.ID == c.id {
+		return
+	}
+	if capped {
+		c.cfg.Logger.Warn("a control message asked for a pause longer than the cap: capped", "replica", m.Instance, "replica_id", m.ID, "cap", worker.MaxPause)
 	}
 	now := c.cfg.Now()
 	if m.PauseMS > 0 {
-		until := now.Add(time.Duration(m.PauseMS) * time.Millisecond)
+		pause := time.Duration(m.PauseMS) * time.Millisecond
+		until := now.Add(pause)
 		c.mu.Lock()
 		later := until.After(c.pausedUntil)
 		if later {
@@ -211,9 +269,7 @@ func (c *Control) receive(msg *nats.Msg) {
 		c.mu.Unlock()
 		if later {
 			c.cfg.Pause(until)
-			if m.Kind == "pause" {
-				c.cfg.Logger.Debug("pausing Graph calls: another replica was told to retry later", "replica", m.Instance, "for", time.Duration(m.PauseMS)*time.Millisecond)
-			}
+			c.cfg.Logger.Info("pausing Graph calls: another replica was told to retry later", "replica", m.Instance, "replica_id", m.ID, "for", pause)
 		}
 	}
 	switch m.Kind {
@@ -224,8 +280,15 @@ func (c *Control) receive(msg *nats.Msg) {
 	case "hello", "beat":
 		c.mu.Lock()
 		_, known := c.peers[m.ID]
-		c.peers[m.ID] = peer{seen: now, rate: m.Rate, discovered: m.Discovered}
+		full := !known && len(c.peers) >= maxPeers
+		if !full {
+			c.peers[m.ID] = peer{seen: now, rate: m.Rate, discovered: m.Discovered}
+		}
 		c.mu.Unlock()
+		if full {
+			c.cfg.Logger.Warn("ignoring a replica: already counting the most replicas there may be", "replica", m.Instance, "max", maxPeers)
+			return
+		}
 		if !known {
 			c.cfg.Logger.Info("replica joined", "replica", m.Instance)
 			c.update()

@@ -28,31 +28,40 @@ type AckedPublisher struct {
 	mu     sync.Mutex
 	prefix string // the reply subjects' prefix, "<inbox>."; empty until the first publish
 	next   uint64
-	waits  map[uint64]chan error
+	waits  map[uint64]chan PubAck
+}
+
+// PubAck is a stream's acknowledgement of a publish.
+type PubAck struct {
+	// Duplicate: the stream already held a message with the same Nats-Msg-Id within its
+	// dedupe window and stored nothing new; Seq is then that message's sequence.
+	Duplicate bool
+	Seq       uint64
+	err       error
 }
 
 // NewAckedPublisher returns a publisher on nc whose publishes wait at most timeout for
 // their acknowledgement. It subscribes to its replies on the first publish.
 func NewAckedPublisher(nc *nats.Conn, timeout time.Duration) *AckedPublisher {
-	return &AckedPublisher{nc: nc, timeout: timeout, waits: make(map[uint64]chan error)}
+	return &AckedPublisher{nc: nc, timeout: timeout, waits: make(map[uint64]chan PubAck)}
 }
 
 // replyChans recycles the channels that carry an acknowledgement to its publisher. A
 // channel goes back to the pool only once its one value has been received.
-var replyChans = sync.Pool{New: func() any { return make(chan error, 1) }}
+var replyChans = sync.Pool{New: func() any { return make(chan PubAck, 1) }}
 
 // Publish publishes m with a reply subject of its own (it sets m.Reply) and waits for the
 // stream's acknowledgement, for at most the timeout, or for ctx. A duplicate within the
-// stream's dedupe window is acknowledged like any message.
-func (a *AckedPublisher) Publish(ctx context.Context, m *nats.Msg) error {
-	ch := replyChans.Get().(chan error)
+// stream's dedupe window is acknowledged like any message; the PubAck says it was one.
+func (a *AckedPublisher) Publish(ctx context.Context, m *nats.Msg) (PubAck, error) {
+	ch := replyChans.Get().(chan PubAck)
 	a.mu.Lock()
 	if a.prefix == "" {
 		inbox := a.nc.NewInbox()
 		if _, err := a.nc.Subscribe(inbox+".*", a.reply); err != nil {
 			a.mu.Unlock()
 			replyChans.Put(ch)
-			return fmt.Errorf("subscribe to publish acknowledgements: %w", err)
+			return PubAck{}, fmt.Errorf("subscribe to publish acknowledgements: %w", err)
 		}
 		a.prefix = inbox + "."
 	}
@@ -65,26 +74,26 @@ func (a *AckedPublisher) Publish(ctx context.Context, m *nats.Msg) error {
 	m.Reply = prefix + strconv.FormatUint(n, 36)
 	if err := a.nc.PublishMsg(m); err != nil {
 		a.abandon(n, ch)
-		return err
+		return PubAck{}, err
 	}
 	t := time.NewTimer(a.timeout)
 	defer t.Stop()
 	select {
-	case err := <-ch:
+	case ack := <-ch:
 		replyChans.Put(ch)
-		return err
+		return ack, ack.err
 	case <-t.C:
 		a.abandon(n, ch)
-		return jetstream.ErrAsyncPublishTimeout
+		return PubAck{}, jetstream.ErrAsyncPublishTimeout
 	case <-ctx.Done():
 		a.abandon(n, ch)
-		return ctx.Err()
+		return PubAck{}, ctx.Err()
 	}
 }
 
 // abandon stops waiting for reply n. If the reply is being handed over, it is received
 // first, so that the channel is empty when it goes back to the pool.
-func (a *AckedPublisher) abandon(n uint64, ch chan error) {
+func (a *AckedPublisher) abandon(n uint64, ch chan PubAck) {
 	a.mu.Lock()
 	_, waiting := a.waits[n]
 	delete(a.waits, n)
@@ -106,38 +115,41 @@ func (a *AckedPublisher) reply(m *nats.Msg) {
 	}
 	delete(a.waits, n)
 	a.mu.Unlock()
-	ch <- pubAckError(m)
+	ch <- parsePubAck(m)
 }
 
 var (
 	pubAckPrefix = []byte(`{"stream":"`)
 	pubAckErr    = []byte(`"error"`)
+	pubAckDup    = []byte(`"duplicate"`)
 )
 
-// pubAckError says what a stream's reply to a publish means: nil for an acknowledgement
-// (a duplicate within the dedupe window included), the stream's error, or
-// jetstream.ErrNoStreamResponse when no stream took the subject. A reply that starts with
-// the stream's name and has no error field is an acknowledgement (the server writes
-// the error field first); any other is decoded.
-func pubAckError(m *nats.Msg) error {
+// parsePubAck says what a stream's reply to a publish means: an acknowledgement (a
+// duplicate within the dedupe window included, with the stored message's sequence), the
+// stream's error, or jetstream.ErrNoStreamResponse when no stream took the subject. A reply
+// that starts with the stream's name and has neither an error nor a duplicate field is a
+// plain acknowledgement (the server writes the error field first); any other is decoded.
+func parsePubAck(m *nats.Msg) PubAck {
 	if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
-		return jetstream.ErrNoStreamResponse
+		return PubAck{err: jetstream.ErrNoStreamResponse}
 	}
-	if bytes.HasPrefix(m.Data, pubAckPrefix) && !bytes.Contains(m.Data, pubAckErr) {
-		return nil
+	if bytes.HasPrefix(m.Data, pubAckPrefix) && !bytes.Contains(m.Data, pubAckErr) && !bytes.Contains(m.Data, pubAckDup) {
+		return PubAck{}
 	}
 	var r struct {
-		Error  *jetstream.APIError `json:"error"`
-		Stream string              `json:"stream"`
+		Error     *jetstream.APIError `json:"error"`
+		Stream    string              `json:"stream"`
+		Seq       uint64              `json:"seq"`
+		Duplicate bool                `json:"duplicate"`
 	}
 	if err := json.Unmarshal(m.Data, &r); err != nil {
-		return fmt.Errorf("%w: %v", jetstream.ErrInvalidJSAck, err)
+		return PubAck{err: fmt.Errorf("%w: %v", jetstream.ErrInvalidJSAck, err)}
 	}
 	if r.Error != nil {
-		return r.Error
+		return PubAck{err: r.Error}
 	}
 	if r.Stream == "" {
-		return jetstream.ErrInvalidJSAck
+		return PubAck{err: jetstream.ErrInvalidJSAck}
 	}
-	return nil
+	return PubAck{Duplicate: r.Duplicate, Seq: r.Seq}
 }

@@ -27,25 +27,29 @@ func TestAckedPublisher(t *testing.T) {
 	msg := func(id, data string) *nats.Msg {
 		return &nats.Msg{Subject: "acked.x", Data: []byte(data), Header: nats.Header{HeaderMsgID: {id}}}
 	}
-	for _, id := range []string{"a", "b", "a"} { // the second "a" is a duplicate
-		if err := p.Publish(ctx, msg(id, "data")); err != nil {
+	for i, id := range []string{"a", "b", "a"} { // the second "a" is a duplicate
+		ack, err := p.Publish(ctx, msg(id, "data"))
+		if err != nil {
 			t.Fatalf("publish %s: %v", id, err)
+		}
+		if wantDup := i == 2; ack.Duplicate != wantDup || wantDup && ack.Seq != 1 {
+			t.Fatalf("publish %d (%s): %+v, want duplicate %v (of seq 1)", i, id, ack, wantDup)
 		}
 	}
 	if n := streamInfo(t, js, "ACKED").State.Msgs; n != 2 {
 		t.Fatalf("stream holds %d messages, want 2 (a duplicate stores nothing)", n)
 	}
 
-	err := p.Publish(ctx, msg("big", strings.Repeat("x", 100)))
+	_, err := p.Publish(ctx, msg("big", strings.Repeat("x", 100)))
 	var apiErr *jetstream.APIError
 	if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamMessageExceedsMaximum {
 		t.Fatalf("publish over the stream's max message size: %v (%T), want the stream's API error 10054", err, err)
 	}
 	expect := &nats.Msg{Subject: "acked.x", Data: []byte("d"), Header: nats.Header{"Nats-Expected-Last-Sequence": {"1"}}}
-	if err := p.Publish(ctx, expect); !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
+	if _, err := p.Publish(ctx, expect); !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
 		t.Fatalf("publish with a wrong expected last sequence: %v, want the stream's API error 10071", err)
 	}
-	if err := p.Publish(ctx, &nats.Msg{Subject: "nostream.x", Data: []byte("d")}); !errors.Is(err, jetstream.ErrNoStreamResponse) {
+	if _, err := p.Publish(ctx, &nats.Msg{Subject: "nostream.x", Data: []byte("d")}); !errors.Is(err, jetstream.ErrNoStreamResponse) {
 		t.Fatalf("publish to a subject no stream takes: %v, want ErrNoStreamResponse", err)
 	}
 }
@@ -67,7 +71,7 @@ func TestAckedPublisherGivesUp(t *testing.T) {
 	}
 	p := NewAckedPublisher(nc, 200*time.Millisecond)
 	start := time.Now()
-	if err := p.Publish(t.Context(), &nats.Msg{Subject: "slow"}); !errors.Is(err, jetstream.ErrAsyncPublishTimeout) {
+	if _, err := p.Publish(t.Context(), &nats.Msg{Subject: "slow"}); !errors.Is(err, jetstream.ErrAsyncPublishTimeout) {
 		t.Fatalf("publish without a reply: %v, want ErrAsyncPublishTimeout", err)
 	}
 	if d := time.Since(start); d < 200*time.Millisecond {
@@ -75,7 +79,7 @@ func TestAckedPublisherGivesUp(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	if err := p.Publish(ctx, &nats.Msg{Subject: "slow"}); !errors.Is(err, context.Canceled) {
+	if _, err := p.Publish(ctx, &nats.Msg{Subject: "slow"}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("publish with a cancelled context: %v, want context.Canceled", err)
 	}
 	for range 2 { // the late replies, errors that no publisher may see
@@ -91,7 +95,7 @@ func TestAckedPublisherGivesUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 50 {
-		if err := p.Publish(t.Context(), &nats.Msg{Subject: "fast"}); err != nil {
+		if _, err := p.Publish(t.Context(), &nats.Msg{Subject: "fast"}); err != nil {
 			t.Fatalf("publish %d after late replies: %v", i, err)
 		}
 	}
@@ -112,7 +116,7 @@ func TestAckedPublisherConcurrent(t *testing.T) {
 		wg.Go(func() {
 			for i := range 200 {
 				m := &nats.Msg{Subject: "many", Data: []byte("x"), Header: nats.Header{HeaderMsgID: {fmt.Sprintf("%d-%d", g, i)}}}
-				if err := p.Publish(ctx, m); err != nil {
+				if _, err := p.Publish(ctx, m); err != nil {
 					t.Errorf("publish %d-%d: %v", g, i, err)
 					return
 				}
@@ -125,13 +129,15 @@ func TestAckedPublisherConcurrent(t *testing.T) {
 	}
 }
 
-func TestPubAckError(t *testing.T) {
+func TestParsePubAck(t *testing.T) {
 	for _, c := range []struct {
 		name, data, status string
 		want               string // "" for nil
+		dup                bool
 	}{
 		{name: "ack", data: `{"stream":"S","seq":7}`},
-		{name: "duplicate", data: `{"stream":"S","seq":7,"duplicate":true}`},
+		{name: "duplicate", data: `{"stream":"S","seq":7,"duplicate":true}`, dup: true},
+		{name: "server's duplicate", data: `{"stream":"S", "domain":"d", "seq":7,"duplicate": true}`, dup: true},
 		{name: "server's own format", data: `{"stream":"S", "domain":"d", "seq":7}`},
 		{name: "error first", data: `{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"S","seq":0}`, want: "maximum messages exceeded"},
 		{name: "error after stream", data: `{"stream":"S","seq":0,"error":{"code":400,"description":"odd order"}}`, want: "odd order"},
@@ -145,9 +151,13 @@ func TestPubAckError(t *testing.T) {
 			if c.status != "" {
 				m.Header = nats.Header{"Status": {c.status}}
 			}
-			err := pubAckError(m)
+			ack := parsePubAck(m)
+			err := ack.err
 			if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
-				t.Fatalf("pubAckError(%q) = %v, want %q", c.data, err, c.want)
+				t.Fatalf("parsePubAck(%q) = %v, want %q", c.data, err, c.want)
+			}
+			if ack.Duplicate != c.dup || c.dup && ack.Seq != 7 {
+				t.Fatalf("parsePubAck(%q) = %+v, want duplicate %v of seq 7", c.data, ack, c.dup)
 			}
 		})
 	}

@@ -3,12 +3,14 @@ package queue
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/reprocessor/reprocessor/worker"
 )
@@ -27,14 +29,22 @@ func testEvent(id string) *worker.Event {
 	}
 }
 
+// TestPublishEventDedupes: an event published again with the same id stores nothing new,
+// and the result says so with the event stored first, whatever the kind of the second
+// (a redelivery that ended otherwise).
 func TestPublishEventDedupes(t *testing.T) {
 	t.Parallel()
 	f := setup(t, Config{})
 	ctx := testContext(t)
-	e := testEvent(worker.EventID(DefaultRequestsStream, 7, worker.KindAccepted))
-	for range 2 {
-		if err := f.q.PublishEvent(ctx, e); err != nil {
+	id := worker.RequestRef(DefaultRequestsStream, 7, time.Unix(1764655200, 123456789)) + "-outcome"
+	e := testEvent(id)
+	for i := range 2 {
+		stored, err := f.q.PublishEvent(ctx, e)
+		if err != nil {
 			t.Fatalf("publish: %v", err)
+		}
+		if stored.Duplicate != (i == 1) {
+			t.Fatalf("publish %d: duplicate %v", i, stored.Duplicate)
 		}
 	}
 	if n := f.streamMsgs(t, DefaultEventsStream); n != 1 {
@@ -48,7 +58,7 @@ func TestPublishEventDedupes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("get event: %v", err)
 	}
-	if got := raw.Header.Get(HeaderMsgID); got != "REPROCESS_REQUESTS-7-accepted" {
+	if got := raw.Header.Get(HeaderMsgID); got != "REPROCESS_REQUESTS-7-1764655200123456789-outcome" {
 		t.Errorf("Nats-Msg-Id %q", got)
 	}
 	var back worker.Event
@@ -59,10 +69,24 @@ func TestPublishEventDedupes(t *testing.T) {
 		t.Errorf("stored event %+v", back)
 	}
 
-	// Another kind goes to its own subject.
-	failed := testEvent(worker.EventID(DefaultRequestsStream, 7, worker.KindFailed))
+	// Another outcome with the same id is dropped; the stored one is handed back.
+	failed := testEvent(id)
 	failed.Type = worker.TypePrefix + worker.KindFailed
-	if err := f.q.PublishEvent(ctx, failed); err != nil {
+	stored, err := f.q.PublishEvent(ctx, failed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !stored.Duplicate || stored.Event == nil || stored.Event.Kind() != worker.KindAccepted || stored.Event.ID != id {
+		t.Fatalf("second outcome: %+v (event %+v), want a duplicate of the accepted event", stored, stored.Event)
+	}
+	if _, err := s.GetLastMsgForSubject(ctx, "entitlement.reprocess.events.failed"); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		t.Errorf("a failed event was stored beside the accepted one: %v", err)
+	}
+
+	// An event with another id of another kind goes to its own subject.
+	other := testEvent(worker.RequestRef(DefaultRequestsStream, 8, time.Unix(1764655200, 0)) + "-outcome")
+	other.Type = worker.TypePrefix + worker.KindFailed
+	if _, err := f.q.PublishEvent(ctx, other); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.GetLastMsgForSubject(ctx, "entitlement.reprocess.events.failed"); err != nil {
@@ -81,8 +105,8 @@ func TestPublishEventRejectsBadEvents(t *testing.T) {
 		"dotted kind":   func() *worker.Event { e := testEvent("x"); e.Type = worker.TypePrefix + "a.b"; return e }(),
 		"empty kind":    func() *worker.Event { e := testEvent("x"); e.Type = worker.TypePrefix; return e }(),
 	} {
-		if err := f.q.PublishEvent(ctx, e); err == nil {
-			t.Errorf("%s: no error", name)
+		if _, err := f.q.PublishEvent(ctx, e); !errors.Is(err, worker.ErrUnstorable) {
+			t.Errorf("%s: %v, want ErrUnstorable", name, err)
 		}
 	}
 }
@@ -144,7 +168,7 @@ func TestDeadLetterCopiesMessage(t *testing.T) {
 			HeaderStreamSequence:  itoa(d.StreamSeq),
 			HeaderAttempts:        "3",
 			HeaderOriginalMsgID:   "producer-" + string(rune('a'+i)),
-			HeaderMsgID:           "REPROCESS_REQUESTS-" + itoa(d.StreamSeq) + "-dlq",
+			HeaderMsgID:           "REPROCESS_REQUESTS-" + itoa(d.StreamSeq) + "-" + strconv.FormatInt(d.Timestamp.UnixNano(), 10) + "-dlq",
 		}
 		for k, v := range want {
 			if got := raw.Header.Get(k); got != v {
@@ -168,18 +192,24 @@ func TestDeadLetterHeader(t *testing.T) {
 			"Nats-Rollup":          {"all"},
 			"nats-ttl":             {"1s"},
 			"Reprocess-Error":      {"old"},
+			"Reprocess-Truncated":  {"999"},
 			"Custom":               {"kept"},
 		},
 	}
-	h := deadLetterHeader(d, worker.DeadLetter{Code: "api_error", Detail: strings.Repeat("é", 2000)}, "S-9-dlq")
+	h := deadLetterHeader(d, worker.DeadLetter{Code: "api_error", Detail: strings.Repeat("é", 2000)}, "S-9-dlq", -1)
 	for k := range h {
-		if isNatsHeader(k) && k != HeaderMsgID {
+		if hasPrefixFold(k, headerNatsPrefix) && k != HeaderMsgID {
 			t.Errorf("control header %s copied as such", k)
 		}
 	}
 	if h.Get("Reprocess-Original-Expected-Stream") != "S" || h.Get("Reprocess-Original-Rollup") != "all" ||
 		h.Get("Reprocess-Original-ttl") != "1s" || h.Get("Custom") != "kept" || h.Get(HeaderError) != "api_error" {
 		t.Errorf("headers %v", h)
+	}
+	// A producer's own Reprocess-* headers cannot pass for the dead letter's.
+	if h.Get(HeaderTruncated) != "" || h.Get("Reprocess-Original-Reprocess-Truncated") != "999" ||
+		h.Get("Reprocess-Original-Reprocess-Error") != "old" || len(h.Values(HeaderError)) != 1 {
+		t.Errorf("a request's Reprocess-* headers were not renamed: %v", h)
 	}
 	if detail := h.Get(HeaderErrorDetail); len(detail) > maxDetailBytes || !strings.HasSuffix(detail, "é...") {
 		t.Errorf("long detail not cut on a rune boundary: %d bytes, ends %q", len(detail), detail[len(detail)-8:])

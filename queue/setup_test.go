@@ -213,7 +213,7 @@ func TestRestartKeepsStreamsAndMessages(t *testing.T) {
 	for i := range 3 {
 		f.publishRequest(t, []byte{byte('a' + i)}, nil)
 	}
-	if err := q.PublishEvent(ctx, testEvent("REPROCESS_REQUESTS-1-accepted")); err != nil {
+	if _, err := q.PublishEvent(ctx, testEvent("REPROCESS_REQUESTS-1-1-outcome")); err != nil {
 		t.Fatal(err)
 	}
 	nc.Close()

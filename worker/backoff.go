@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"net/http"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -14,12 +15,25 @@ type Backoff struct {
 }
 
 // Delay returns the wait before retry number attempt (1 for the first retry). rnd returns a
-// value in [0, 1). A Retry-After wins over the computed delay and is honoured exactly.
+// value in [0, 1). A positive Retry-After wins over the computed delay and is honoured
+// exactly, up to MaxPause. A Retry-After of 0 (or a date in the past) counts as missing,
+// never as an immediate retry; and a throttled answer (429, 503, 504) without a positive
+// Retry-After waits at least the first delay, so that a Graph answering "retry now" at once
+// is not hammered.
 func (b Backoff) Delay(attempt int, resp Response, rnd func() float64) time.Duration {
-	if resp.HasRetryAfter {
-		return resp.RetryAfter
+	if resp.HasRetryAfter && resp.RetryAfter > 0 {
+		return min(resp.RetryAfter, MaxPause)
 	}
-	return time.Duration(rnd() * float64(b.ceiling(attempt)))
+	d := time.Duration(rnd() * float64(b.ceiling(attempt)))
+	if throttling(resp.Status) {
+		d = max(d, b.Initial)
+	}
+	return d
+}
+
+// throttling reports whether status asks the caller to slow down.
+func throttling(status int) bool {
+	return status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable || status == http.StatusGatewayTimeout
 }
 
 // ceiling is the exponential delay for attempt without jitter, from backoff/v4's

@@ -45,10 +45,14 @@ func classify(resp Response, err error) classification {
 	}
 	detail := graphDetail(resp) // only for errors: it costs a Sprintf per call
 	switch {
-	case s == http.StatusTooManyRequests, s == http.StatusServiceUnavailable, s == http.StatusGatewayTimeout:
+	case throttling(s):
 		return classification{verdict: verdictThrottled, reason: RetryThrottled, detail: detail}
 	case s == http.StatusRequestTimeout:
 		return classification{verdict: verdictRetry, reason: RetryTimeout, detail: detail}
+	case s >= 300 && s < 400:
+		// A redirect is never followed: the bearer token goes to the configured Graph host
+		// and nowhere else, and no 202 was given.
+		return classification{verdict: verdictPermanent, code: CodeAPIError, detail: detail + " (redirects are not followed)"}
 	case s >= 500:
 		return classification{verdict: verdictRetry, reason: RetryServerError, detail: detail}
 	case s == http.StatusUnauthorized:
@@ -66,8 +70,13 @@ func classify(resp Response, err error) classification {
 	}
 }
 
-// graphDetail describes a Graph error answer for events and dead letters.
+// graphDetail describes a Graph error answer for events and dead letters, at most
+// MaxFieldBytes long.
 func graphDetail(resp Response) string {
+	return cutField(describe(resp), MaxFieldBytes)
+}
+
+func describe(resp Response) string {
 	text := fmt.Sprintf("Graph answered %d %s", resp.Status, http.StatusText(resp.Status))
 	if resp.ErrorCode != "" {
 		text += ": " + resp.ErrorCode

@@ -67,7 +67,17 @@ func TestBackoffDelay(t *testing.T) {
 		{3, Response{}, func() float64 { return 0 }, 0},
 		{1, Response{HasRetryAfter: true, RetryAfter: 1500 * time.Millisecond}, one, 1500 * time.Millisecond},
 		{9, Response{HasRetryAfter: true, RetryAfter: 2128 * time.Millisecond}, half, 2128 * time.Millisecond},
-		{1, Response{HasRetryAfter: true, RetryAfter: 0}, one, 0},
+		// Retry-After 0 (or a past date) counts as missing: the computed delay applies.
+		{1, Response{HasRetryAfter: true, RetryAfter: 0}, one, time.Second},
+		{3, Response{HasRetryAfter: true, RetryAfter: 0}, half, 2 * time.Second},
+		// A throttled answer without a positive Retry-After waits at least the first delay.
+		{1, Response{Status: 429, HasRetryAfter: true, RetryAfter: 0}, func() float64 { return 0 }, time.Second},
+		{1, Response{Status: 503}, func() float64 { return 0 }, time.Second},
+		{1, Response{Status: 500}, func() float64 { return 0 }, 0},
+		// A positive Retry-After shorter than the first delay is honoured exactly.
+		{1, Response{Status: 429, HasRetryAfter: true, RetryAfter: 300 * time.Millisecond}, one, 300 * time.Millisecond},
+		// Every wait is capped at an hour.
+		{1, Response{Status: 429, HasRetryAfter: true, RetryAfter: 10 * 365 * 24 * time.Hour}, one, MaxPause},
 	}
 	for _, tt := range tests {
 		got := b.Delay(tt.attempt, tt.resp, tt.rnd)
@@ -82,27 +92,27 @@ func TestCoalescer(t *testing.T) {
 	now := time.Unix(1000, 0)
 	c := newCoalescer(time.Minute)
 	const a = "0c5a5b2e-7f1c-4b4e-9a53-6a1f0e0d9b12"
-	if got := c.claim(a, 1, now); got != claimProceed {
+	if got := c.claim(a, msgKey{seq: 1}, now); got != claimProceed {
 		t.Fatalf("first claim = %d", got)
 	}
-	if got := c.claim(a, 2, now); got != claimCoalesce {
+	if got := c.claim(a, msgKey{seq: 2}, now); got != claimCoalesce {
 		t.Fatalf("duplicate in flight = %d", got)
 	}
-	if got := c.claim(a, 1, now); got != claimSameInFlight {
+	if got := c.claim(a, msgKey{seq: 1}, now); got != claimSameInFlight {
 		t.Fatalf("same message twice = %d", got)
 	}
-	c.release(a, 1, true, now)
-	if got := c.claim(a, 3, now.Add(30*time.Second)); got != claimCoalesce {
+	c.release(a, msgKey{seq: 1}, true, now)
+	if got := c.claim(a, msgKey{seq: 3}, now.Add(30*time.Second)); got != claimCoalesce {
 		t.Fatalf("duplicate just accepted = %d", got)
 	}
-	if got := c.claim(a, 1, now.Add(30*time.Second)); got != claimSameAccepted {
+	if got := c.claim(a, msgKey{seq: 1}, now.Add(30*time.Second)); got != claimSameAccepted {
 		t.Fatalf("redelivery of the accepted message = %d", got)
 	}
-	if got := c.claim(a, 4, now.Add(2*time.Minute)); got != claimProceed {
+	if got := c.claim(a, msgKey{seq: 4}, now.Add(2*time.Minute)); got != claimProceed {
 		t.Fatalf("after the window = %d", got)
 	}
-	c.release(a, 4, false, now.Add(2*time.Minute))
-	if got := c.claim(a, 5, now.Add(2*time.Minute)); got != claimProceed {
+	c.release(a, msgKey{seq: 4}, false, now.Add(2*time.Minute))
+	if got := c.claim(a, msgKey{seq: 5}, now.Add(2*time.Minute)); got != claimProceed {
 		t.Fatalf("after a failure = %d", got)
 	}
 }

@@ -11,7 +11,7 @@ type claim int
 const (
 	claimProceed      claim = iota // nobody works on the id: call Graph
 	claimCoalesce                  // another request for the id is in flight or was just accepted
-	claimSameInFlight              // this very message (same stream sequence) is already being worked: a second delivery of it
+	claimSameInFlight              // this very message (same stream sequence and store time) is already being worked: a second delivery of it
 	claimSameAccepted              // this very message was accepted and its ack was lost: settle it again
 )
 
@@ -24,13 +24,13 @@ type coalescer struct {
 	window time.Duration
 
 	mu       sync.Mutex
-	inflight map[string]uint64 // id → stream sequence of the message being worked
+	inflight map[string]msgKey // id → the message being worked
 	recent   map[string]recentEntry
 	order    []recentKey // recent, oldest first
 }
 
 type recentEntry struct {
-	seq uint64
+	seq msgKey
 	at  time.Time
 }
 
@@ -40,12 +40,12 @@ type recentKey struct {
 }
 
 func newCoalescer(window time.Duration) *coalescer {
-	return &coalescer{window: window, inflight: make(map[string]uint64), recent: make(map[string]recentEntry)}
+	return &coalescer{window: window, inflight: make(map[string]msgKey), recent: make(map[string]recentEntry)}
 }
 
 // claim registers the message seq for id unless another request for it is in flight or was
 // accepted within the window.
-func (c *coalescer) claim(id string, seq uint64, now time.Time) claim {
+func (c *coalescer) claim(id string, seq msgKey, now time.Time) claim {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s, ok := c.inflight[id]; ok {
@@ -66,7 +66,7 @@ func (c *coalescer) claim(id string, seq uint64, now time.Time) claim {
 }
 
 // release ends the claim of seq on id; accepted remembers the id for the window.
-func (c *coalescer) release(id string, seq uint64, accepted bool, now time.Time) {
+func (c *coalescer) release(id string, seq msgKey, accepted bool, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.inflight[id] == seq {

@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Event kinds; an event's type is "entitlement.reprocess.<kind>".
@@ -99,8 +100,56 @@ type EventError struct {
 // Kind returns the event's kind, the last part of its type.
 func (e *Event) Kind() string { return strings.TrimPrefix(e.Type, TypePrefix) }
 
-// EventID derives an event's id from the request's stream sequence and the event kind, so
-// that a redelivered request produces the same id and the stream drops the duplicate.
-func EventID(stream string, seq uint64, kind string) string {
-	return stream + "-" + strconv.FormatUint(seq, 10) + "-" + kind
+// RequestRef names one request message for the ids derived from it: the stream's name, the
+// message's sequence and the time the stream stored it, in Unix nanoseconds
+// ("REPROCESS_REQUESTS-42-1764655200123456789"). It is the same on every delivery, whichever
+// replica handles it, and differs between incarnations of the stream (an operator who
+// deletes and recreates it starts the sequences at 1 again, never the store times).
+func RequestRef(stream string, seq uint64, stored time.Time) string {
+	return stream + "-" + strconv.FormatUint(seq, 10) + "-" + strconv.FormatInt(stored.UnixNano(), 10)
+}
+
+// OutcomeEventID is the id of a request's terminal event, whatever the outcome: when a
+// redelivery reaches another outcome than the first delivery, the stream keeps the first
+// and drops the second as a duplicate.
+func OutcomeEventID(d Delivery) string {
+	return RequestRef(d.Stream, d.StreamSeq, d.Timestamp) + "-outcome"
+}
+
+// MaxFieldBytes bounds the text fields of an event that come from Graph (an error message,
+// a state, a status): a longer value is cut, ending in TruncatedMarker, so that an event
+// always fits the server's max payload.
+const MaxFieldBytes = 1024
+
+// TruncatedMarker ends a field that was cut.
+const TruncatedMarker = "...[truncated]"
+
+// cutField returns s cut to at most n bytes, on a rune boundary, ending in TruncatedMarker
+// when it was cut.
+func cutField(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := max(n-len(TruncatedMarker), 0)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + TruncatedMarker
+}
+
+// Shrunk returns a copy of e whose free-text fields (error message, state, status, the
+// request's correlation id, requester and reason) are cut to n bytes each: what a publisher
+// sends when the whole event did not fit the server's limits.
+func (e *Event) Shrunk(n int) *Event {
+	c := *e
+	if e.Data.Error != nil {
+		ee := *e.Data.Error
+		ee.Message = cutField(ee.Message, n)
+		c.Data.Error = &ee
+	}
+	d := &c.Data
+	for _, f := range []*string{&d.CorrelationID, &d.RequestedBy, &d.Reason, &d.PreviousState, &d.State, &d.Status} {
+		*f = cutField(*f, n)
+	}
+	return &c
 }

@@ -15,10 +15,14 @@ type gate struct {
 	obs   Observer
 }
 
-// pauseUntil closes the gate until t, unless it is already closed for longer.
+// pauseUntil closes the gate until t, unless it is already closed for longer. A pause
+// longer than MaxPause is cut to MaxPause.
 func (g *gate) pauseUntil(t time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if limit := g.now().Add(MaxPause); t.After(limit) {
+		t = limit
+	}
 	if t.After(g.until) {
 		if !g.until.After(g.now()) {
 			g.obs.Throttled(true)

@@ -40,11 +40,31 @@ type Source interface {
 
 // EventPublisher publishes CloudEvents and waits for the stream's acknowledgement.
 type EventPublisher interface {
-	PublishEvent(ctx context.Context, e *Event) error
+	// PublishEvent publishes e with Nats-Msg-Id set to its id. When the stream already
+	// held an event with that id (within its dedupe window), it stored nothing new and
+	// Stored says so, with the stored event when it could be read back. An error wrapping
+	// ErrUnstorable means no retry can help (the event does not fit the server's limits
+	// even cut down).
+	PublishEvent(ctx context.Context, e *Event) (Stored, error)
 }
 
+// Stored says what a stream holds under the id of a message just published.
+type Stored struct {
+	// Duplicate: a message with the same id was already stored; this one was dropped.
+	Duplicate bool
+	// Event is the event stored earlier, when Duplicate and it could be read back; nil
+	// otherwise.
+	Event *Event
+}
+
+// ErrUnstorable is wrapped by a publisher's error that no retry can mend: the message does
+// not fit the server's limits even after what can be cut was cut.
+var ErrUnstorable = errors.New("message cannot be stored")
+
 // DeadLetterer copies a message, byte for byte with its headers, to the dead-letter stream,
-// adding the Reprocess-* headers, and waits for the stream's acknowledgement.
+// adding the Reprocess-* headers, and waits for the stream's acknowledgement. What does not
+// fit the server's limits is cut (and the copy says so); an error wrapping ErrUnstorable
+// means even that did not fit.
 type DeadLetterer interface {
 	DeadLetter(ctx context.Context, d Delivery, dl DeadLetter) error
 }
@@ -101,6 +121,10 @@ type RateFeedback interface {
 	Throttled(retryAfter time.Duration, hasRetryAfter bool)
 }
 
+// MaxPause caps every wait the worker obeys: a Retry-After, or a pause heard from another
+// replica of the deployment, asking for longer is taken as asking for this long.
+const MaxPause = time.Hour
+
 // PauseSharer tells the other replicas of a deployment about a Retry-After pause, so that
 // they pause too; the adapter calls Worker.PauseUntil on the replicas that hear of it.
 type PauseSharer interface {
@@ -121,6 +145,9 @@ type Observer interface {
 	InFlight(delta int)
 	EventPublished(kind string)
 	EventPublishFailed()
+	// EventDuplicate: the stream already held a terminal event for the request (an earlier
+	// delivery's ack was lost); conflict when the dropped one had another outcome.
+	EventDuplicate(kind string, conflict bool)
 	CircuitOpen(open bool)
 	LastSuccess(t time.Time)
 	StateChanged(state string) // an observed state change, to the new state

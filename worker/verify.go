@@ -54,8 +54,11 @@ type Check struct {
 // MsgID identifies the check for deduplication: one per request and number of changes seen,
 // so that a redelivered request or check schedules nothing twice.
 func (c *Check) MsgID() string {
-	return c.RequestStream + "-" + strconv.FormatUint(c.RequestSeq, 10) + "-verify-" + strconv.Itoa(c.Changes)
+	return c.ref() + "-verify-" + strconv.Itoa(c.Changes)
 }
+
+// ref is the RequestRef of the request the check follows.
+func (c *Check) ref() string { return RequestRef(c.RequestStream, c.RequestSeq, c.RequestedAt) }
 
 // Assignment is the part of an assignment that tracking reads.
 type Assignment struct {
@@ -139,7 +142,7 @@ func (w *Worker) precheck(ctx, work context.Context, d Delivery, req Request) st
 		w.logFor(d, req).Debug("precheck failed", "status", resp.Status)
 		return ""
 	}
-	return a.State
+	return cutField(a.State, MaxFieldBytes)
 }
 
 // handleCheck runs one check: read the state, publish what changed, then settle the check
@@ -192,7 +195,7 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 	for range resp.AuthRetries {
 		w.obs.Retry(RetryUnauthorized)
 	}
-	state, status := a.State, a.Status
+	state, status := cutField(a.State, MaxFieldBytes), cutField(a.Status, MaxFieldBytes)
 	if err == nil && resp.Status == http.StatusNotFound {
 		state, status = StateNotFound, graphDetail(resp)
 	} else {
@@ -231,11 +234,14 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 	if changed || (done && c.Changes == 0) {
 		ev := w.stateEvent(&c, strconv.Itoa(c.Changes+1), state, status, done, resp, now)
 		ev.Data.Final = done
-		if err := w.retryPublish(work, "event", func(ctx context.Context) error { return w.deps.Events.PublishEvent(ctx, ev) }); err != nil {
-			w.handBack(m, d, w.cfg.ShutdownNakDelay, "event not published before shutdown")
+		stored, err := w.publish(work, "event", func(ctx context.Context) (Stored, error) { return w.deps.Events.PublishEvent(ctx, ev) })
+		if err != nil {
+			w.checkNotStored(m, d, "event", err)
 			return
 		}
-		w.obs.EventPublished(KindStateChanged)
+		if !stored.Duplicate {
+			w.obs.EventPublished(KindStateChanged)
+		}
 		if changed {
 			w.obs.StateChanged(state)
 		}
@@ -252,8 +258,10 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 	next := c
 	next.LastState, next.Changes = state, c.Changes+1
 	next.NotBefore = now.Add(v.nextCheck(&c, now))
-	if err := w.retryPublish(work, "state check", func(ctx context.Context) error { return w.deps.Scheduler.ScheduleCheck(ctx, &next) }); err != nil {
-		w.handBack(m, d, w.cfg.ShutdownNakDelay, "next check not scheduled before shutdown")
+	if _, err := w.publish(work, "state check", func(ctx context.Context) (Stored, error) {
+		return Stored{}, w.deps.Scheduler.ScheduleCheck(ctx, &next)
+	}); err != nil {
+		w.checkNotStored(m, d, "state check", err)
 		return
 	}
 	_ = m.Ack()
@@ -261,20 +269,35 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 
 // publishAndAck publishes a final event for a check and acks it; it reports success.
 func (w *Worker) publishAndAck(work context.Context, m Message, d Delivery, ev *Event) bool {
-	if err := w.retryPublish(work, "event", func(ctx context.Context) error { return w.deps.Events.PublishEvent(ctx, ev) }); err != nil {
-		w.handBack(m, d, w.cfg.ShutdownNakDelay, "event not published before shutdown")
+	stored, err := w.publish(work, "event", func(ctx context.Context) (Stored, error) { return w.deps.Events.PublishEvent(ctx, ev) })
+	if err != nil {
+		w.checkNotStored(m, d, "event", err)
 		return false
 	}
-	w.obs.EventPublished(KindStateChanged)
+	if !stored.Duplicate {
+		w.obs.EventPublished(KindStateChanged)
+	}
 	_ = m.Ack()
 	return true
+}
+
+// checkNotStored hands back a check whose event or successor could not be stored: soon at
+// shutdown, else with a delay growing with its deliveries. The check is read again then.
+func (w *Worker) checkNotStored(m Message, d Delivery, what string, err error) {
+	if errors.Is(err, context.Canceled) && !errors.Is(err, ErrUnstorable) {
+		w.handBack(m, d, w.cfg.ShutdownNakDelay, what+" not stored before shutdown")
+		return
+	}
+	delay := Backoff{Initial: 5 * time.Second, Max: 5 * time.Minute}.ceiling(int(min(d.NumDelivered, 30)))
+	w.log.Error("handing a state check back: what it produced cannot be stored", "what", what, "stream_seq", d.StreamSeq, "err", err, "in", delay)
+	w.handBack(m, d, delay, what+" cannot be stored")
 }
 
 // stateEvent builds a state_changed event; n numbers it within the request's history.
 func (w *Worker) stateEvent(c *Check, n, state, status string, isSettled bool, resp Response, now time.Time) *Event {
 	return &Event{
 		SpecVersion:     "1.0",
-		ID:              EventID(c.RequestStream, c.RequestSeq, KindStateChanged) + "-" + n,
+		ID:              c.ref() + "-" + KindStateChanged + "-" + n,
 		Source:          w.cfg.Source,
 		Type:            TypePrefix + KindStateChanged,
 		Subject:         c.AssignmentID,
@@ -290,7 +313,7 @@ func (w *Worker) stateEvent(c *Check, n, state, status string, isSettled bool, r
 			Reason:          c.Reason,
 			RequestedAt:     c.RequestedAt.UTC(),
 			CompletedAt:     now.UTC(),
-			PreviousState:   c.LastState,
+			PreviousState:   cutField(c.LastState, MaxFieldBytes),
 			State:           state,
 			Status:          status,
 			Settled:         &isSettled,

@@ -26,6 +26,7 @@ type Config struct {
 	Heartbeat        time.Duration // how often a long-running message is marked in progress; default 10s
 	ShutdownTimeout  time.Duration // how long in-flight work may take to finish at shutdown; default 30s
 	ShutdownNakDelay time.Duration // redelivery delay of what shutdown hands back; default 1s
+	PublishBudget    time.Duration // how long storing an event, dead letter or check is retried before the message is handed back; default 30s
 	Verify           VerifyConfig  // state tracking after accepted
 	Logger           *slog.Logger
 	Now              func() time.Time // default time.Now
@@ -45,6 +46,7 @@ func (c Config) withDefaults() Config {
 	c.Heartbeat = cmp.Or(c.Heartbeat, 10*time.Second)
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, 30*time.Second)
 	c.ShutdownNakDelay = cmp.Or(c.ShutdownNakDelay, time.Second)
+	c.PublishBudget = cmp.Or(c.PublishBudget, 30*time.Second)
 	c.Verify = c.Verify.withDefaults()
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -111,6 +113,15 @@ type Worker struct {
 	pool     sync.WaitGroup // the pumps' goroutines
 	poolStop chan struct{}  // closed when Run ends: idle goroutines exit
 	credDown atomic.Bool
+
+	publishDown atomic.Pointer[publishFailure] // the last publish that gave up; nil once one succeeds
+}
+
+// publishFailure is why a message was last handed back for want of storing what it
+// produced.
+type publishFailure struct {
+	what string
+	err  error
 }
 
 // pump feeds one source's messages to a handler, at most allowed() at once. While every
@@ -177,7 +188,7 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 		gate:     &gate{now: cfg.Now, obs: obs},
 		circuit:  newCircuit(cfg.CircuitThreshold, cfg.CircuitCooldown, cfg.Now, obs),
 		co:       newCoalescer(max(cfg.CoalesceWindow, 0)),
-		attempts: attemptLog{m: make(map[uint64]int)},
+		attempts: attemptLog{m: make(map[msgKey]attemptEntry)},
 		beats:    heartbeats{m: make(map[Message]time.Time)},
 		poolStop: make(chan struct{}),
 	}
@@ -201,15 +212,17 @@ func (w *Worker) feedback(resp Response, c classification) {
 		return // no answer from Graph: nothing to learn about its rate
 	}
 	throttled := c.verdict == verdictThrottled
+	// A Retry-After of 0 or in the past says nothing: it counts as missing.
+	retryAfter := resp.HasRetryAfter && resp.RetryAfter > 0
 	if fb, ok := w.deps.Limiter.(RateFeedback); ok {
 		if throttled {
-			fb.Throttled(resp.RetryAfter, resp.HasRetryAfter)
+			fb.Throttled(min(resp.RetryAfter, MaxPause), retryAfter)
 		} else {
 			fb.Succeeded()
 		}
 	}
-	if throttled && resp.HasRetryAfter {
-		until := w.cfg.Now().Add(resp.RetryAfter)
+	if throttled && retryAfter {
+		until := w.cfg.Now().Add(min(resp.RetryAfter, MaxPause))
 		w.gate.pauseUntil(until)
 		if w.deps.Pauses != nil {
 			w.deps.Pauses.SharePause(until)
@@ -217,14 +230,17 @@ func (w *Worker) feedback(resp Response, c classification) {
 	}
 }
 
-// Ready reports why the worker should not be sent traffic: the circuit is open, or Graph
-// tokens cannot be had.
+// Ready reports why the worker should not be sent traffic: the circuit is open, Graph
+// tokens cannot be had, or events, dead letters or state checks cannot be stored.
 func (w *Worker) Ready() error {
 	if err := w.circuit.err(); err != nil {
 		return err
 	}
 	if w.credDown.Load() {
 		return errors.New("holding messages: no Graph token can be obtained")
+	}
+	if p := w.publishDown.Load(); p != nil {
+		return fmt.Errorf("handing messages back: %s cannot be stored: %w", p.what, p.err)
 	}
 	return nil
 }
@@ -470,19 +486,26 @@ func (w *Worker) handle(ctx, work context.Context, m Message) {
 		return
 	}
 
-	switch w.co.claim(req.ID, d.StreamSeq, began) {
+	key := keyOf(d)
+	switch w.co.claim(req.ID, key, began) {
 	case claimSameInFlight:
 		return // a second delivery of a message this process is still working: that work settles it
 	case claimCoalesce:
 		w.settle(work, m, d, req, result{kind: KindCoalesced}, began)
 		return
 	case claimSameAccepted:
-		w.settle(work, m, d, req, result{kind: KindAccepted, attempts: w.attempts.get(d.StreamSeq)}, began)
+		w.settle(work, m, d, req, result{kind: KindAccepted, attempts: w.attempts.get(key).attempts}, began)
 		return
 	}
 	accepted := false
-	defer func() { w.co.release(req.ID, d.StreamSeq, accepted, w.cfg.Now()) }()
+	defer func() { w.co.release(req.ID, key, accepted, w.cfg.Now()) }()
 
+	// A request whose outcome is known but could not be stored last time is settled with
+	// that outcome, without calling Graph again.
+	if prev := w.attempts.get(key); prev.settled != nil {
+		accepted = w.settle(work, m, d, req, *prev.settled, began) && prev.settled.kind == KindAccepted
+		return
+	}
 	res, nakDelay, terminal := w.call(ctx, work, d, req, began)
 	if !terminal {
 		w.handBack(m, d, nakDelay, res.detail)
@@ -494,12 +517,11 @@ func (w *Worker) handle(ctx, work context.Context, m Message) {
 // call makes Graph calls for req until an answer settles it or the message must be handed
 // back with the returned delay.
 func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began time.Time) (res result, nakDelay time.Duration, terminal bool) {
-	attempts := w.attempts.get(d.StreamSeq)
+	key := keyOf(d)
+	attempts := w.attempts.get(key).attempts
 	defer func() {
-		if terminal {
-			w.attempts.forget(d.StreamSeq)
-		} else {
-			w.attempts.set(d.StreamSeq, attempts)
+		if !terminal {
+			w.attempts.set(key, attemptEntry{attempts: attempts})
 		}
 	}()
 	deadline := began.Add(w.cfg.DeliveryBudget)
@@ -599,38 +621,57 @@ func (w *Worker) pace(ctx context.Context) error {
 	}
 }
 
-// settle publishes the terminal event, dead-letters what must be, then acks. It reports
-// whether the message was settled; when publishing cannot finish before shutdown, the
-// message is handed back instead.
+// settle publishes the terminal event, then dead-letters or schedules the state check as
+// the stored outcome requires, then acks. The terminal event goes first and carries the
+// same id whatever the outcome: when a redelivery (after a lost ack, or a crash after the
+// publish) reaches another outcome than an earlier delivery, the stream keeps the first
+// and drops this one, and what follows is done for the outcome that stands, so that the
+// dead-letter stream never holds a request that ended accepted. A crash between the event
+// and the dead letter or check is mended by the redelivery: its event is a duplicate, and
+// the dead letter and check are stored then (their ids keep them single too).
+//
+// It reports whether the message was settled; when what it must store cannot be stored
+// within the publish budget (or before shutdown), the message is handed back instead, the
+// outcome remembered for its next delivery to this process, and readiness says why.
 func (w *Worker) settle(work context.Context, m Message, d Delivery, req Request, res result, began time.Time) bool {
 	now := w.cfg.Now()
 	ev := w.event(d, req, res, now)
-	deadLetter := res.kind == KindFailed || res.kind == KindRejected
-	if deadLetter {
-		dl := DeadLetter{Code: res.code, Detail: res.detail, Attempts: res.attempts}
-		if err := w.retryPublish(work, "dead letter", func(ctx context.Context) error { return w.deps.DeadLetters.DeadLetter(ctx, d, dl) }); err != nil {
-			w.handBack(m, d, w.cfg.ShutdownNakDelay, "dead letter not stored before shutdown")
-			return false
-		}
-	}
-	if res.kind == KindAccepted && w.checks != nil {
-		// Scheduled before the event and the ack: a crash in between repeats both, and the
-		// check's Nats-Msg-Id keeps it single.
-		check := w.newCheck(d, req, res.before, now)
-		if err := w.retryPublish(work, "state check", func(ctx context.Context) error { return w.deps.Scheduler.ScheduleCheck(ctx, check) }); err != nil {
-			w.handBack(m, d, w.cfg.ShutdownNakDelay, "state check not scheduled before shutdown")
-			return false
-		}
-	}
-	if err := w.retryPublish(work, "event", func(ctx context.Context) error { return w.deps.Events.PublishEvent(ctx, ev) }); err != nil {
-		w.handBack(m, d, w.cfg.ShutdownNakDelay, "event not published before shutdown")
+	stored, err := w.publish(work, "event", func(ctx context.Context) (Stored, error) { return w.deps.Events.PublishEvent(ctx, ev) })
+	if err != nil {
+		w.obs.EventPublishFailed()
+		w.keepOutcome(m, d, res, "event", err)
 		return false
 	}
+	kind, dl := res.kind, DeadLetter{Code: res.code, Detail: res.detail, Attempts: res.attempts}
+	if stored.Duplicate {
+		kind = w.storedOutcome(d, req, res, stored, &dl)
+	}
+	if kind == KindFailed || kind == KindRejected {
+		if _, err := w.publish(work, "dead letter", func(ctx context.Context) (Stored, error) {
+			return Stored{}, w.deps.DeadLetters.DeadLetter(ctx, d, dl)
+		}); err != nil {
+			w.keepOutcome(m, d, res, "dead letter", err)
+			return false
+		}
+	}
+	if kind == KindAccepted && w.checks != nil {
+		check := w.newCheck(d, req, res.before, now)
+		if _, err := w.publish(work, "state check", func(ctx context.Context) (Stored, error) {
+			return Stored{}, w.deps.Scheduler.ScheduleCheck(ctx, check)
+		}); err != nil {
+			w.keepOutcome(m, d, res, "state check", err)
+			return false
+		}
+	}
+	w.attempts.forget(keyOf(d))
 	if err := m.Ack(); err != nil {
 		w.logFor(d, req).Warn("ack failed; the message will be redelivered and settled again without a duplicate event", "err", err)
 	}
+	if stored.Duplicate {
+		return kind == KindAccepted
+	}
 	w.obs.EventPublished(res.kind)
-	if deadLetter {
+	if kind == KindFailed || kind == KindRejected {
 		w.obs.DeadLettered(res.code)
 	}
 	w.obs.Completed(res.kind, now.Sub(began))
@@ -650,24 +691,74 @@ func (w *Worker) settle(work context.Context, m Message, d Delivery, req Request
 	return true
 }
 
-// retryPublish retries a publish until it succeeds or work is cancelled.
-func (w *Worker) retryPublish(work context.Context, what string, publish func(context.Context) error) error {
-	delay := Backoff{Initial: 50 * time.Millisecond, Max: 5 * time.Second}
-	for attempt := 1; ; attempt++ {
-		err := publish(work)
-		if err == nil {
-			return nil
+// storedOutcome is the outcome that stands when the stream already held a terminal event
+// for the request: the stored one's kind, or this one's when it could not be read back. A
+// stored failure's code and detail go on its dead letter.
+func (w *Worker) storedOutcome(d Delivery, req Request, res result, stored Stored, dl *DeadLetter) string {
+	kind := res.kind
+	if stored.Event != nil {
+		kind = stored.Event.Kind()
+		if e := stored.Event.Data.Error; e != nil {
+			dl.Code, dl.Detail = e.Code, e.Message
 		}
-		if what == "event" {
+		dl.Attempts = stored.Event.Data.Attempts
+	}
+	conflict := kind != res.kind
+	w.obs.EventDuplicate(res.kind, conflict)
+	if conflict {
+		w.logFor(d, req).Warn("an earlier delivery of this request already ended with another outcome: it stands, this one is dropped",
+			"stored_outcome", kind, "dropped_outcome", res.kind, "dropped_code", res.code, "dropped_http_status", res.resp.Status)
+	} else {
+		w.logFor(d, req).Info("terminal event already stored by an earlier delivery (its ack was lost): not stored again", "outcome", kind)
+	}
+	return kind
+}
+
+// keepOutcome hands back a message whose outcome is known but could not be stored, with a
+// delay growing with its deliveries, and remembers the outcome so that its next delivery
+// to this process settles it without calling Graph again.
+func (w *Worker) keepOutcome(m Message, d Delivery, res result, what string, err error) {
+	if errors.Is(err, context.Canceled) && !errors.Is(err, ErrUnstorable) {
+		w.handBack(m, d, w.cfg.ShutdownNakDelay, what+" not stored before shutdown")
+		w.attempts.set(keyOf(d), attemptEntry{attempts: res.attempts, settled: &res})
+		return
+	}
+	w.attempts.set(keyOf(d), attemptEntry{attempts: res.attempts, settled: &res})
+	delay := Backoff{Initial: 5 * time.Second, Max: 5 * time.Minute}.ceiling(int(min(d.NumDelivered, 30)))
+	w.log.Error("handing a message back: what it produced cannot be stored", "what", what, "stream_seq", d.StreamSeq,
+		"delivery", d.NumDelivered, "outcome", res.kind, "err", err, "in", delay)
+	w.handBack(m, d, delay, what+" cannot be stored")
+}
+
+// publish stores one thing (an event, a dead letter, a state check), retrying failures
+// with backoff for at most the publish budget. It gives up at once on an error wrapping
+// ErrUnstorable and when work is cancelled. The outcome is what readiness reports: a
+// failure until the next success.
+func (w *Worker) publish(work context.Context, what string, publish func(context.Context) (Stored, error)) (Stored, error) {
+	delay := Backoff{Initial: 50 * time.Millisecond, Max: 5 * time.Second}
+	deadline := w.cfg.Now().Add(w.cfg.PublishBudget)
+	for attempt := 1; ; attempt++ {
+		stored, err := publish(work)
+		if err == nil {
+			if p := w.publishDown.Load(); p != nil && w.publishDown.CompareAndSwap(p, nil) {
+				w.log.Info("storing works again", "what", what)
+			}
+			return stored, nil
+		}
+		if what == "event" && attempt > 1 {
 			w.obs.EventPublishFailed()
 		}
 		if work.Err() != nil {
-			return err
+			return Stored{}, fmt.Errorf("%w: %w", work.Err(), err)
 		}
 		d := delay.ceiling(attempt)
+		if errors.Is(err, ErrUnstorable) || w.cfg.Now().Add(d).After(deadline) {
+			w.publishDown.Store(&publishFailure{what: what, err: err})
+			return Stored{}, err
+		}
 		w.log.Warn("publish failed; retrying", "what", what, "err", err, "in", d)
 		if !sleep(work, d) {
-			return err
+			return Stored{}, fmt.Errorf("%w: %w", context.Canceled, err)
 		}
 	}
 }
@@ -682,7 +773,7 @@ func (w *Worker) handBack(m Message, d Delivery, delay time.Duration, why string
 func (w *Worker) event(d Delivery, req Request, res result, now time.Time) *Event {
 	ev := &Event{
 		SpecVersion:     "1.0",
-		ID:              EventID(d.Stream, d.StreamSeq, res.kind),
+		ID:              OutcomeEventID(d),
 		Source:          w.cfg.Source,
 		Type:            TypePrefix + res.kind,
 		Subject:         req.ID,
@@ -702,7 +793,7 @@ func (w *Worker) event(d Delivery, req Request, res result, now time.Time) *Even
 		},
 	}
 	if res.code != "" {
-		ev.Data.Error = &EventError{Code: res.code, Message: res.detail}
+		ev.Data.Error = &EventError{Code: res.code, Message: cutField(res.detail, MaxFieldBytes)}
 	}
 	return ev
 }
@@ -726,31 +817,46 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// msgKey identifies a request message across its deliveries and across incarnations of
+// its stream (sequences start at 1 again in a recreated stream; store times do not repeat).
+type msgKey struct {
+	seq    uint64
+	stored int64 // Unix nanoseconds
+}
+
+func keyOf(d Delivery) msgKey { return msgKey{seq: d.StreamSeq, stored: d.Timestamp.UnixNano()} }
+
+// attemptEntry is what is remembered of a message handed back for a later delivery.
+type attemptEntry struct {
+	attempts int     // Graph calls made so far
+	settled  *result // the outcome reached, when only storing it failed
+}
+
 // attemptLog remembers the Graph calls made for messages handed back for a later delivery.
 type attemptLog struct {
 	mu sync.Mutex
-	m  map[uint64]int
+	m  map[msgKey]attemptEntry
 }
 
-func (a *attemptLog) get(seq uint64) int {
+func (a *attemptLog) get(k msgKey) attemptEntry {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.m[seq]
+	return a.m[k]
 }
 
-func (a *attemptLog) set(seq uint64, n int) {
+func (a *attemptLog) set(k msgKey, e attemptEntry) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if len(a.m) >= maxRecent { // messages taken by another replica never come back here
 		clear(a.m)
 	}
-	a.m[seq] = n
+	a.m[k] = e
 }
 
-func (a *attemptLog) forget(seq uint64) {
+func (a *attemptLog) forget(k msgKey) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	delete(a.m, seq)
+	delete(a.m, k)
 }
 
 // heartbeats marks long-running messages in progress so their ack deadline does not pass
@@ -809,6 +915,7 @@ func (nopObserver) RateLimitWait(time.Duration)     {}
 func (nopObserver) InFlight(int)                    {}
 func (nopObserver) EventPublished(string)           {}
 func (nopObserver) EventPublishFailed()             {}
+func (nopObserver) EventDuplicate(string, bool)     {}
 func (nopObserver) CircuitOpen(bool)                {}
 func (nopObserver) LastSuccess(time.Time)           {}
 func (nopObserver) StateChanged(string)             {}

@@ -52,23 +52,39 @@ func (s *fakeSource) Fetch(ctx context.Context, max int, handle func(Message)) e
 	return nil
 }
 
-// sink records events and dead letters.
+// sink records events and dead letters, and drops an event whose id it holds already, as
+// the events stream does within its dedupe window.
 type sink struct {
 	mu     sync.Mutex
 	events []*Event
 	dls    []DeadLetter
+	dlRefs map[string]bool
 }
 
-func (s *sink) PublishEvent(_ context.Context, e *Event) error {
+func (s *sink) PublishEvent(_ context.Context, e *Event) (Stored, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for _, old := range s.events {
+		if old.ID == e.ID {
+			return Stored{Duplicate: true, Event: old}, nil
+		}
+	}
 	s.events = append(s.events, e)
-	return nil
+	return Stored{}, nil
 }
 
-func (s *sink) DeadLetter(_ context.Context, _ Delivery, dl DeadLetter) error {
+// DeadLetter stores dl once per request, as the dead-letter stream's dedupe does.
+func (s *sink) DeadLetter(_ context.Context, d Delivery, dl DeadLetter) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	ref := RequestRef(d.Stream, d.StreamSeq, d.Timestamp)
+	if s.dlRefs[ref] {
+		return nil
+	}
+	if s.dlRefs == nil {
+		s.dlRefs = make(map[string]bool)
+	}
+	s.dlRefs[ref] = true
 	s.dls = append(s.dls, dl)
 	return nil
 }

@@ -841,7 +841,7 @@ func barePublishEvent(ctx context.Context, pub *queue.AckedPublisher, msg jetstr
 	now := time.Now().UTC()
 	id := string(msg.Data())
 	ev := worker.Event{
-		SpecVersion: "1.0", ID: worker.EventID(meta.Stream, meta.Sequence.Stream, worker.KindAccepted), Source: "reprocessor/bare",
+		SpecVersion: "1.0", ID: worker.RequestRef(meta.Stream, meta.Sequence.Stream, meta.Timestamp) + "-outcome", Source: "reprocessor/bare",
 		Type: worker.TypePrefix + worker.KindAccepted, Subject: id, Time: now, DataContentType: "application/json",
 		Data: worker.EventData{AssignmentID: id, Attempts: 1, HTTPStatus: 200, GraphRequestID: "00000000-0000-4000-8000-000000000000",
 			ClientRequestID: "00000000-0000-4000-8000-000000000000", RequestedAt: meta.Timestamp.UTC(), CompletedAt: now},
@@ -850,7 +850,8 @@ func barePublishEvent(ctx context.Context, pub *queue.AckedPublisher, msg jetstr
 	if err != nil {
 		return err
 	}
-	return pub.Publish(ctx, &nats.Msg{Subject: "bench.bare.events", Data: data, Header: nats.Header{"Nats-Msg-Id": {ev.ID}}})
+	_, err = pub.Publish(ctx, &nats.Msg{Subject: "bench.bare.events", Data: data, Header: nats.Header{"Nats-Msg-Id": {ev.ID}}})
+	return err
 }
 
 func (r benchResult) print(w io.Writer) {

@@ -104,12 +104,14 @@ func cmdDLQ(ctx context.Context, args []string, getenv func(string) string, stdo
 	if *dryRun {
 		fmt.Fprintln(tw, "WOULD REPLAY\tTIME\tASSIGNMENT\tERROR\tATTEMPTS")
 	}
+	rows := 0
 	n, err := bulk.ReplayDeadLetters(ctx, js, stream, requests, filter, *dryRun, func(r bulk.ReplayResult) {
 		switch {
 		case r.Err != nil:
 			fmt.Fprintf(stderr, "dead letter %d (%s): %v\n", r.Seq, r.AssignmentID, r.Err)
 		case *dryRun:
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\n", r.Seq, r.Time.UTC().Format(time.RFC3339), cmp.Or(r.AssignmentID, "-"), r.Error, r.Attempts)
+			flushEvery(tw, &rows)
 		}
 	})
 	_ = tw.Flush()
@@ -129,11 +131,13 @@ func dlqList(ctx context.Context, js jetstream.JetStream, stream string, f bulk.
 		fmt.Fprintln(tw, "SEQ\tTIME\tASSIGNMENT\tERROR\tATTEMPTS\tDETAIL")
 	}
 	enc := json.NewEncoder(stdout)
+	rows := 0
 	err := bulk.ListDeadLetters(ctx, js, stream, f, func(d bulk.DeadLetter) error {
 		if asJSON {
 			return enc.Encode(d)
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\n", d.Seq, d.Time.UTC().Format(time.RFC3339), cmp.Or(d.AssignmentID, "-"), d.Error, d.Attempts, d.Detail)
+		flushEvery(tw, &rows)
 		return nil
 	})
 	_ = tw.Flush()
@@ -142,4 +146,16 @@ func dlqList(ctx context.Context, js jetstream.JetStream, stream string, f bulk.
 		return exitFailed
 	}
 	return exitOK
+}
+
+// tableBlock is how many rows a table holds before it is written out: a tabwriter keeps
+// every row until it is flushed, so that a table of the whole dead-letter stream would
+// grow with the stream. Columns are aligned within each block.
+const tableBlock = 500
+
+// flushEvery flushes tw after every tableBlock rows counted in rows.
+func flushEvery(tw *tabwriter.Writer, rows *int) {
+	if *rows++; *rows%tableBlock == 0 {
+		_ = tw.Flush()
+	}
 }

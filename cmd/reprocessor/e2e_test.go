@@ -291,7 +291,7 @@ func TestBadMessagesAreRejected(t *testing.T) {
 	for i, tt := range tests {
 		e := evs[i] // one at a time in order is not guaranteed; find by sequence
 		for _, ev := range evs {
-			if ev.ID == fmt.Sprintf("REPROCESS_REQUESTS-%d-rejected", i+1) {
+			if strings.HasPrefix(ev.ID, fmt.Sprintf("REPROCESS_REQUESTS-%d-", i+1)) {
 				e = ev
 			}
 		}

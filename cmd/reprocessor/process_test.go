@@ -509,19 +509,19 @@ func (s *system) waitTerminal(want []string, timeout time.Duration) map[string][
 	})
 	evs := s.readEvents()
 	seenID := map[string]int{}
-	perSeq := map[uint64][]string{}
+	perRequest := map[string][]string{}
 	for _, e := range evs {
 		seenID[e.ID]++
-		seq, kind, ok := parseEventID(e.ID)
+		ref, terminal, ok := parseEventID(e.ID)
 		if !ok {
-			s.t.Errorf("event id %q is not <stream>-<seq>-<kind>", e.ID)
+			s.t.Errorf("event id %q is not <stream>-<seq>-<stored>-outcome or ...-state_changed-<n>", e.ID)
 			continue
 		}
-		if kind != e.Kind() {
+		if terminal != isTerminal(e.Kind()) {
 			s.t.Errorf("event id %q on an event of kind %s", e.ID, e.Kind())
 		}
-		if isTerminal(kind) {
-			perSeq[seq] = append(perSeq[seq], e.ID)
+		if terminal {
+			perRequest[ref] = append(perRequest[ref], e.ID)
 		}
 	}
 	for id, n := range seenID {
@@ -529,9 +529,9 @@ func (s *system) waitTerminal(want []string, timeout time.Duration) map[string][
 			s.t.Errorf("event %s stored %d times", id, n)
 		}
 	}
-	for seq, evIDs := range perSeq {
+	for ref, evIDs := range perRequest {
 		if len(evIDs) > 1 {
-			s.t.Errorf("request %d has %d terminal events: %v", seq, len(evIDs), evIDs)
+			s.t.Errorf("request %s has %d terminal events: %v", ref, len(evIDs), evIDs)
 		}
 	}
 	byID = terminalByID(evs)
@@ -566,18 +566,30 @@ func terminalByID(evs []worker.Event) map[string][]worker.Event {
 	return out
 }
 
-// parseEventID splits "<stream>-<seq>-<kind>".
-func parseEventID(id string) (seq uint64, kind string, ok bool) {
-	rest, kind, found := cutLast(id, "-")
-	if !found {
-		return 0, "", false
+// parseEventID splits "<stream>-<seq>-<stored>-outcome" (a terminal event) and
+// "<stream>-<seq>-<stored>-state_changed-<n>" into the request's reference and whether
+// the event is terminal.
+func parseEventID(id string) (ref string, terminal bool, ok bool) {
+	if r, found := strings.CutSuffix(id, "-outcome"); found {
+		ref, terminal = r, true
+	} else {
+		rest, n, found := cutLast(id, "-")
+		if _, err := strconv.Atoi(n); !found || err != nil {
+			return "", false, false
+		}
+		if ref, found = strings.CutSuffix(rest, "-"+worker.KindStateChanged); !found {
+			return "", false, false
+		}
 	}
-	_, seqText, found := cutLast(rest, "-")
-	if !found {
-		return 0, "", false
+	rest, stored, found := cutLast(ref, "-")
+	if _, err := strconv.ParseInt(stored, 10, 64); !found || err != nil {
+		return "", false, false
 	}
-	seq, err := strconv.ParseUint(seqText, 10, 64)
-	return seq, kind, err == nil
+	_, seq, found := cutLast(rest, "-")
+	if _, err := strconv.ParseUint(seq, 10, 64); !found || err != nil {
+		return "", false, false
+	}
+	return ref, terminal, true
 }
 
 func cutLast(s, sep string) (before, after string, found bool) {
