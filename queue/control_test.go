@@ -1,6 +1,9 @@
 package queue
 
 import (
+	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -8,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/reprocessor/reprocessor/internal/testutil"
+	"github.com/reprocessor/reprocessor/worker"
 )
 
 // fakeRate records what a Control asks of a limiter.
@@ -133,4 +137,91 @@ func TestStartControlNeedsPause(t *testing.T) {
 	if _, err := StartControl(nil, ControlConfig{}); err == nil {
 		t.Fatal("no error without Pause")
 	}
+}
+
+// TestControlPauseIsCappedAndAttributed: a pause of ten years published by anyone on the
+// control subject pauses for the cap (an hour), as a heartbeat carrying it does, and the
+// log names the replica it came from.
+func TestControlPauseIsCappedAndAttributed(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, t.TempDir())
+	nc, _ := connect(t, srv.ClientURL())
+	logs := &testutil.SyncBuffer{}
+	p := &pauses{}
+	c, err := StartControl(nc, ControlConfig{Prefix: "t", Pause: p.pause, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	attacker, _ := connect(t, srv.ClientURL())
+	tenYears := int64(10 * 365 * 24 * time.Hour / time.Millisecond)
+	for _, kind := range []string{"pause", "beat"} {
+		msg := fmt.Sprintf(`{"kind":%q,"id":"0123456789abcdef","instance":"evil-pod","pauseMs":%d}`, kind, tenYears)
+		if err := attacker.Publish("t.control.throttle", []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := attacker.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the pause applied", func() bool { return !p.get().IsZero() })
+	if d := time.Until(p.get()); d > worker.MaxPause || d < worker.MaxPause-time.Minute {
+		t.Fatalf("paused for %s, want the cap of %s", d, worker.MaxPause)
+	}
+	eventually(t, "the log names the replica", func() bool {
+		return strings.Contains(logs.String(), "replica=evil-pod") && strings.Contains(logs.String(), "longer than the cap")
+	})
+}
+
+// TestParseControl: what does not parse, or says what no replica would, is not obeyed.
+func TestParseControl(t *testing.T) {
+	t.Parallel()
+	const id = `"id":"0123456789abcdef"`
+	for _, tc := range []struct {
+		name, data string
+		ok, capped bool
+	}{
+		{"pause", `{"kind":"pause",` + id + `,"pauseMs":1500}`, true, false},
+		{"beat", `{"kind":"beat",` + id + `,"rate":12.5,"discovered":true}`, true, false},
+		{"capped", `{"kind":"pause",` + id + `,"pauseMs":99999999999}`, true, true},
+		{"unknown kind", `{"kind":"reboot",` + id + `}`, false, false},
+		{"no id", `{"kind":"pause","pauseMs":5}`, false, false},
+		{"odd id", `{"kind":"pause","id":"../../x","pauseMs":5}`, false, false},
+		{"negative pause", `{"kind":"pause",` + id + `,"pauseMs":-5}`, false, false},
+		{"negative rate", `{"kind":"beat",` + id + `,"rate":-1}`, false, false},
+		{"huge rate", `{"kind":"beat",` + id + `,"rate":1e300}`, false, false},
+		{"not json", `pause`, false, false},
+		{"too long", `{"kind":"beat",` + id + `,"instance":"` + strings.Repeat("x", 2000) + `"}`, false, false},
+	} {
+		m, capped := parseControl([]byte(tc.data))
+		if (m != nil) != tc.ok || capped != tc.capped {
+			t.Errorf("%s: parsed %v capped %v, want %v %v", tc.name, m != nil, capped, tc.ok, tc.capped)
+		}
+		if m != nil && m.PauseMS > maxPauseMS {
+			t.Errorf("%s: pause of %d ms kept", tc.name, m.PauseMS)
+		}
+	}
+}
+
+// TestControlPeersAreBounded: a flood of made-up replicas is counted up to a bound.
+func TestControlPeersAreBounded(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, t.TempDir())
+	nc, _ := connect(t, srv.ClientURL())
+	c, err := StartControl(nc, ControlConfig{Prefix: "t", Pause: func(time.Time) {}, Interval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	attacker, _ := connect(t, srv.ClientURL())
+	for i := range 2 * maxPeers {
+		msg := fmt.Sprintf(`{"kind":"beat","id":"%016x"}`, i+1)
+		if err := attacker.Publish("t.control.replicas", []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := attacker.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the replicas counted", func() bool { return c.Replicas() == 1+maxPeers })
 }

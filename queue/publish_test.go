@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -270,5 +271,85 @@ func TestDeadLetterNearPayloadLimit(t *testing.T) {
 	}
 	if len(raw.Data) == 0 || len(raw.Data) >= len(big) || !bytes.Equal(raw.Data, big[:len(raw.Data)]) {
 		t.Fatalf("dead letter holds %d bytes, want a prefix of the %d-byte request", len(raw.Data), len(big))
+	}
+}
+
+// TestDeadLetterWithHugeHeaders: a request carrying close to JetStream's 64 KiB of headers
+// is dead-lettered with its own headers cut (JetStream refuses the copy with the added
+// ones: error 10097), and says how many values were dropped.
+func TestDeadLetterWithHugeHeaders(t *testing.T) {
+	t.Parallel()
+	f := setup(t, Config{FetchMaxWait: 300 * time.Millisecond})
+	ctx := testContext(t)
+	h := nats.Header{}
+	for i := range 64 { // 65,356 bytes of headers: the request fits, its copy would not
+		h.Set(fmt.Sprintf("X-Padding-%02d", i), strings.Repeat("p", 1005))
+	}
+	f.publishRequest(t, []byte("0f8fad5b-d9cb-469f-a165-70867728950e"), h)
+	msgs := fetch(t, f.q, 1)
+	dl := worker.DeadLetter{Code: worker.CodeNotFound, Detail: "no such assignment", Attempts: 1}
+	if err := f.q.DeadLetter(ctx, msgs[0].Delivery(), dl); err != nil {
+		t.Fatalf("dead-letter: %v", err)
+	}
+	ack(t, msgs...)
+	s, err := f.js.Stream(ctx, DefaultDLQStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := s.GetMsg(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if raw.Header.Get(HeaderError) != worker.CodeNotFound || raw.Header.Get(HeaderHeadersDropped) == "" {
+		t.Fatalf("headers %v", raw.Header)
+	}
+	if string(raw.Data) != "0f8fad5b-d9cb-469f-a165-70867728950e" {
+		t.Fatalf("data %q", raw.Data)
+	}
+}
+
+// TestEventTooLargeIsCut: an event over the events stream's max message size is stored with
+// its text fields cut, not retried for ever.
+func TestEventTooLargeIsCut(t *testing.T) {
+	t.Parallel()
+	f := setup(t, Config{})
+	ctx := testContext(t)
+	s, err := f.js.Stream(ctx, DefaultEventsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.MaxMsgSize = 2048
+	if _, err := f.js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	e := testEvent(worker.RequestRef(DefaultRequestsStream, 1, time.Unix(1, 0)) + "-outcome")
+	e.Type = worker.TypePrefix + worker.KindFailed
+	long := strings.Repeat("m", worker.MaxFieldBytes)
+	e.Data.Error = &worker.EventError{Code: worker.CodeNotFound, Message: long}
+	e.Data.Reason, e.Data.CorrelationID, e.Data.RequestedBy = long, long, long
+	if _, err := f.q.PublishEvent(ctx, e); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	raw, err := s.GetLastMsgForSubject(ctx, "entitlement.reprocess.events.failed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back worker.Event
+	if err := json.Unmarshal(raw.Data, &back); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(back.Data.Error.Message, worker.TruncatedMarker) || back.Data.Error.Code != worker.CodeNotFound || back.ID != e.ID {
+		t.Fatalf("stored %+v", back.Data)
+	}
+
+	// One that fits in no form is unstorable.
+	cfg.MaxMsgSize = 64
+	if _, err := f.js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	e.ID = worker.RequestRef(DefaultRequestsStream, 2, time.Unix(1, 0)) + "-outcome"
+	if _, err := f.q.PublishEvent(ctx, e); !errors.Is(err, worker.ErrUnstorable) {
+		t.Fatalf("publish into 64 bytes: %v, want ErrUnstorable", err)
 	}
 }
