@@ -231,4 +231,3 @@ func TestTokenThatExpiresAtOnce(t *testing.T) {
 		t.Fatalf("the log does not say why: %s", b.logs.String())
 	}
 }
-
