@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -179,19 +180,26 @@ func parseLine(b []byte, line int, field string, fn func(Entry) error) error {
 	return fn(entry(line, strings.TrimSpace(s)))
 }
 
-// readCSV reads CSV with a header row naming column.
+// readCSV reads CSV with a header row naming column. It is strict (RFC 4180 quoting, no
+// lazy quotes) and bounded: a record is at most MaxLine bytes, however many lines a quoted
+// field spans. A record that does not parse, or whose quoted field is still open after
+// MaxLine bytes or at the end of the input, is one invalid entry at its first line, and
+// reading goes on at the line after it: one bad quote never swallows the rest of the file.
 func readCSV(r io.Reader, column string, fn func(Entry) error) error {
-	cr := csv.NewReader(bufio.NewReaderSize(r, 64<<10))
-	cr.Comment = '#'
-	cr.FieldsPerRecord = -1
-	cr.ReuseRecord = true
-	cr.LazyQuotes = true
-	header, err := cr.Read()
-	if errors.Is(err, io.EOF) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("read ids: CSV header: %w", err)
+	rs := &csvRecords{lines: bufio.NewReaderSize(r, 64<<10)}
+	var header []string
+	for header == nil {
+		rec, err := rs.next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read ids: %w", err)
+		}
+		if rec.invalid != "" {
+			return fmt.Errorf("read ids: CSV header, line %d: %s", rec.line, rec.invalid)
+		}
+		header = slices.Clone(rec.fields)
 	}
 	col := -1
 	for i, h := range header {
@@ -202,39 +210,179 @@ func readCSV(r io.Reader, column string, fn func(Entry) error) error {
 		}
 	}
 	if col < 0 {
-		return fmt.Errorf("read ids: CSV header has no column %q (columns: %s)", column, strings.Join(header, ", "))
+		return fmt.Errorf("read ids: CSV header has no column %q (columns: %s)", column, cut(strings.Join(header, ", ")))
 	}
 	for {
-		rec, err := cr.Read()
+		rec, err := rs.next()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
-		var pe *csv.ParseError
-		if errors.As(err, &pe) {
-			if e := fn(Entry{Line: pe.StartLine, Invalid: "CSV: " + pe.Err.Error()}); e != nil {
-				return e
-			}
-			continue
-		}
 		if err != nil {
-			return fmt.Errorf("read ids: %w", err)
+			return fmt.Errorf("read ids: line %d: %w", rs.lineNo+1, err)
 		}
-		line, _ := cr.FieldPos(0)
-		if col >= len(rec) {
-			if e := fn(Entry{Line: line, Invalid: fmt.Sprintf("no column %q on this line", column)}); e != nil {
-				return e
-			}
-			continue
+		var e error
+		switch {
+		case rec.invalid != "":
+			e = fn(Entry{Line: rec.line, Invalid: "CSV: " + rec.invalid, Raw: rec.raw})
+		case col >= len(rec.fields):
+			e = fn(Entry{Line: rec.line, Invalid: fmt.Sprintf("no column %q on this line", column)})
+		default:
+			e = fn(entry(rec.line, strings.TrimSpace(rec.fields[col])))
 		}
-		v := strings.TrimSpace(rec[col])
-		if v == "" && len(rec) == 1 {
-			continue // a blank line
-		}
-		if e := fn(entry(line, v)); e != nil {
+		if e != nil {
 			return e
 		}
 	}
 }
+
+// csvRecord is one record of a CSV input, or why its lines are not one.
+type csvRecord struct {
+	line    int // its first line
+	fields  []string
+	invalid string
+	raw     string // an invalid record's first line, cut
+}
+
+// csvRecords splits a CSV input into records, line by line, holding at most one record and
+// the lines it looked ahead at.
+type csvRecords struct {
+	lines  *bufio.Reader
+	lineNo int        // lines read from the input
+	again  []physLine // lines looked ahead at and given back, first first
+}
+
+type physLine struct {
+	no   int
+	text []byte // with its line end; nil for a line longer than MaxLine
+}
+
+// line returns the next physical line, one given back first.
+func (c *csvRecords) line() (physLine, error) {
+	if len(c.again) > 0 {
+		l := c.again[0]
+		c.again = c.again[1:]
+		return l, nil
+	}
+	b, err := c.lines.ReadSlice('\n')
+	switch {
+	case errors.Is(err, bufio.ErrBufferFull):
+		c.lineNo++
+		for errors.Is(err, bufio.ErrBufferFull) { // skip the rest of the long line
+			_, err = c.lines.ReadSlice('\n')
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return physLine{}, err
+		}
+		return physLine{no: c.lineNo}, nil
+	case len(b) > 0:
+		c.lineNo++
+		if c.lineNo == 1 {
+			b = bytes.TrimPrefix(b, []byte("\xef\xbb\xbf"))
+		}
+		return physLine{no: c.lineNo, text: bytes.Clone(b)}, nil
+	case err == nil:
+		return c.line()
+	}
+	return physLine{}, err
+}
+
+// next returns the next record; comments and blank lines are skipped.
+func (c *csvRecords) next() (csvRecord, error) {
+	for {
+		first, err := c.line()
+		if err != nil {
+			return csvRecord{}, err
+		}
+		if first.text == nil {
+			return csvRecord{line: first.no, invalid: fmt.Sprintf("line longer than %d bytes", MaxLine)}, nil
+		}
+		rec := first.text
+		var more []physLine
+		bad := ""
+		q := quoteState{fieldStart: true}
+		q.feed(rec)
+		for bad == "" && q.open() {
+			if len(rec) > MaxLine {
+				bad = fmt.Sprintf("quoted field not closed within %d bytes", MaxLine)
+				break
+			}
+			l, err := c.line()
+			switch {
+			case errors.Is(err, io.EOF):
+				bad = "quoted field not closed before the end of the input"
+			case err != nil:
+				return csvRecord{}, err
+			case l.text == nil:
+				more = append(more, l)
+				bad = fmt.Sprintf("line longer than %d bytes inside a quoted field", MaxLine)
+			default:
+				more = append(more, l)
+				rec = append(rec, l.text...)
+				q.feed(l.text)
+			}
+		}
+		if bad != "" {
+			c.again = append(more, c.again...) // read them again as records of their own
+			return csvRecord{line: first.no, invalid: bad, raw: cut(string(first.text))}, nil
+		}
+		cr := csv.NewReader(bytes.NewReader(rec))
+		cr.Comment = '#'
+		cr.FieldsPerRecord = -1
+		fields, err := cr.Read()
+		if errors.Is(err, io.EOF) {
+			continue // a comment or a blank line
+		}
+		if err != nil {
+			var pe *csv.ParseError
+			msg := err.Error()
+			if errors.As(err, &pe) {
+				msg = pe.Err.Error()
+			}
+			c.again = append(more, c.again...)
+			return csvRecord{line: first.no, invalid: msg, raw: cut(string(first.text))}, nil
+		}
+		if len(fields) == 1 && strings.TrimSpace(fields[0]) == "" {
+			continue // a line of white space
+		}
+		return csvRecord{line: first.no, fields: fields}, nil
+	}
+}
+
+// quoteState follows CSV text line by line to tell whether it ends inside a quoted field,
+// which then goes on on the next line: a quote opens a field only at its start, "" inside
+// one is a quote, and a quote elsewhere is left for the parser to refuse.
+type quoteState struct {
+	quoted, fieldStart bool
+	pending            bool // a quote closed the field at the end of the last text fed, unless a quote follows ("")
+}
+
+func (q *quoteState) feed(b []byte) {
+	for _, ch := range b {
+		if q.pending {
+			q.pending = false
+			if ch == '"' {
+				continue // "" inside a quoted field
+			}
+			q.quoted = false
+		}
+		switch {
+		case q.quoted && ch == '"':
+			q.pending = true
+		case q.quoted:
+		case ch == '"' && q.fieldStart:
+			q.quoted, q.fieldStart = true, false
+		case ch == ',' || ch == '\n':
+			q.fieldStart = true
+		case ch == '\r':
+		default:
+			q.fieldStart = false
+		}
+	}
+}
+
+// open reports whether the text fed so far ends inside a quoted field (a closing quote as
+// its last byte, at the end of the input, closes it).
+func (q *quoteState) open() bool { return q.quoted && !q.pending }
 
 // entry validates one id as written.
 func entry(line int, s string) Entry {

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+	"io"
+	"runtime"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -128,4 +130,119 @@ func FuzzRead(f *testing.F) {
 			})
 		}
 	})
+}
+
+// TestReadCSVUnterminatedQuote: one unterminated quote in another column costs one invalid
+// line with its number; every row after it is still read.
+func TestReadCSVUnterminatedQuote(t *testing.T) {
+	t.Parallel()
+	var in strings.Builder
+	in.WriteString("note,assignmentId\n")
+	in.WriteString("\"unterminated," + a + "\n")
+	const rows = 20000
+	for range rows {
+		in.WriteString("ok," + b + "\n")
+	}
+	ids, invalid := collect(t, in.String(), Format{Column: "assignmentId"})
+	if len(ids) != rows {
+		t.Fatalf("read %d ids, want %d: the rest of the file was lost", len(ids), rows)
+	}
+	if len(invalid) != 1 || !strings.HasPrefix(invalid[2], `"unterminated`) {
+		t.Fatalf("invalid = %v, want line 2 only", invalid)
+	}
+}
+
+// TestReadCSVStrict: a quoted field may span lines; bare quotes and a quote left open past
+// MaxLine are invalid records, and reading resumes after them.
+func TestReadCSVStrict(t *testing.T) {
+	t.Parallel()
+	in := "note,id\n" +
+		"\"two\nlines\"," + a + "\n" + // lines 2-3: one record
+		"ba\"re," + b + "\n" + // line 4: a bare quote
+		"\"" + strings.Repeat("x\n", MaxLine) + "\n" + // line 5 on: open past MaxLine
+		"end," + b + "\n"
+	var got []Entry
+	if err := Read(strings.NewReader(in), Format{Column: "id"}, func(e Entry) error { got = append(got, e); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) < 4 || got[0].Invalid != "" || got[0].Line != 2 || got[1].Line != 4 || got[1].Invalid == "" ||
+		got[2].Line != 5 || !strings.Contains(got[2].Invalid, "not closed within") {
+		t.Fatalf("entries %+v", got[:min(len(got), 4)])
+	}
+	if last := got[len(got)-1]; last.Invalid != "" || last.Line != MaxLine+6 {
+		t.Fatalf("last entry %+v, want the id on line %d", last, MaxLine+6)
+	}
+}
+
+// TestReadCSVMemory: a 40 MB CSV whose first quote never closes is read in bounded memory.
+func TestReadCSVMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("reads 40 MB")
+	}
+	t.Parallel()
+	row := "ok," + b + "\n"
+	n := 40 << 20 / len(row)
+	r := io.MultiReader(strings.NewReader("note,id\n\"open,"+a+"\n"), &repeatReader{s: row, n: n})
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	ids := 0
+	if err := Read(r, Format{Column: "id"}, func(e Entry) error {
+		if e.Invalid == "" {
+			ids++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if ids != n {
+		t.Fatalf("read %d ids of %d", ids, n)
+	}
+	if grew := int64(after.HeapInuse) - int64(before.HeapInuse); grew > 16<<20 {
+		t.Fatalf("heap grew by %d MiB reading the file", grew>>20)
+	}
+}
+
+// repeatReader yields s n times.
+type repeatReader struct {
+	s   string
+	n   int
+	off int
+}
+
+func (r *repeatReader) Read(p []byte) (int, error) {
+	w := 0
+	for w < len(p) && r.n > 0 {
+		c := copy(p[w:], r.s[r.off:])
+		w += c
+		r.off += c
+		if r.off == len(r.s) {
+			r.off, r.n = 0, r.n-1
+		}
+	}
+	if w == 0 {
+		return 0, io.EOF
+	}
+	return w, nil
+}
+
+func TestQuoteState(t *testing.T) {
+	t.Parallel()
+	for in, open := range map[string]bool{
+		"a,b\n":             false,
+		"\"a,b\n":           true,
+		"\"a\",b\n":         false,
+		"\"a\"\"b\n":        true,  // an escaped quote, still open
+		"\"a\"\"\",b\n":     false, // an escaped quote, then closed
+		"x,\"multi\n":       true,
+		"ba\"re,b\n":        false, // a bare quote: the parser refuses it
+		"\"closed at eof\"": false,
+	} {
+		q := quoteState{fieldStart: true}
+		q.feed([]byte(in))
+		if q.open() != open {
+			t.Errorf("%q: open %v, want %v", in, q.open(), open)
+		}
+	}
 }
