@@ -113,6 +113,9 @@ func (c Config) check() (field string, err error) {
 	if err := validSubject(c.Prefix); err != nil {
 		return "Prefix", fmt.Errorf("%q: %w", c.Prefix, err)
 	}
+	if err := CheckReservedPrefix(c.Prefix); err != nil {
+		return "Prefix", fmt.Errorf("%q: %w", c.Prefix, err)
+	}
 	for _, n := range []struct{ field, value string }{
 		{"RequestsStream", c.RequestsStream},
 		{"EventsStream", c.EventsStream},
@@ -162,6 +165,20 @@ func (c Config) check() (field string, err error) {
 func (c Config) Subjects() (requests, eventsPrefix, dlq string) {
 	p := cmp.Or(c.Prefix, DefaultPrefix)
 	return p + ".requests", p + ".events", p + ".dlq"
+}
+
+// CheckReservedPrefix refuses a subject prefix inside a namespace the server or the clients
+// own: "$..." (the JetStream API "$JS.API", "$SYS", "$KV", ...) and "_INBOX" (replies),
+// where the worker's subjects would collide with the system's.
+func CheckReservedPrefix(prefix string) error {
+	first, _, _ := strings.Cut(prefix, ".")
+	switch {
+	case strings.HasPrefix(first, "$"):
+		return fmt.Errorf("must not start with $ (a namespace of the NATS server: $JS, $SYS, $KV, ...)")
+	case strings.EqualFold(first, "_INBOX"):
+		return fmt.Errorf("must not start with _INBOX (the namespace of replies)")
+	}
+	return nil
 }
 
 // validSubject reports whether s is a literal subject: dot-separated, non-empty tokens

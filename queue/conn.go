@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net/url"
 	"regexp"
 	"strings"
 	"sync"
@@ -245,31 +244,12 @@ var userInfoPattern = regexp.MustCompile(`(^|[\s,"'(\[]|[a-zA-Z][a-zA-Z0-9+.-]*:
 // redactURLs cuts user info out of every URL in s.
 func redactURLs(s string) string { return userInfoPattern.ReplaceAllString(s, "$1") }
 
-// redactedURL returns the server URLs without user info.
-func (c ConnConfig) redactedURL() string {
-	parts := strings.Split(c.url(), ",")
-	for i, p := range parts {
-		p = strings.TrimSpace(p)
-		if u, err := url.Parse(p); err == nil && u.User != nil && u.Host != "" {
-			u.User = nil
-			parts[i] = u.String()
-			continue
-		}
-		parts[i] = redactURLs(p)
-	}
-	return strings.Join(parts, ",")
-}
+// redactedURL returns the server URLs with their passwords and tokens redacted.
+func (c ConnConfig) redactedURL() string { return RedactURLs(c.url()) }
 
 // secrets returns the configured secrets: password, token and URL user info.
 func (c ConnConfig) secrets() []string {
-	s := []string{c.Password, c.Token}
-	for p := range strings.SplitSeq(c.URL, ",") {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			pw, _ := u.User.Password()
-			s = append(s, u.User.String(), u.User.Username(), pw)
-		}
-	}
-	return s
+	return append([]string{c.Password, c.Token}, URLSecrets(c.URL)...)
 }
 
 // redactor cuts secrets out of error text.

@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -175,7 +176,7 @@ func TestConnConfigFromEnvAndRedacted(t *testing.T) {
 		t.Errorf("from env: %+v", cc)
 	}
 	got := cc.Redacted()
-	want := "url=nats://nats.example:4222,tls://other:4443 auth=user/password tls=ca,client-cert"
+	want := "url=nats://bob:[REDACTED]@nats.example:4222,tls://other:4443 auth=user/password tls=ca,client-cert"
 	if got != want {
 		t.Errorf("Redacted() = %q, want %q", got, want)
 	}
@@ -185,7 +186,8 @@ func TestConnConfigFromEnvAndRedacted(t *testing.T) {
 		want string
 	}{
 		{ConnConfig{}, "url=nats://127.0.0.1:4222 auth=none"},
-		{ConnConfig{URL: "nats://u:p@h:1"}, "url=nats://h:1 auth=url credentials"},
+		{ConnConfig{URL: "nats://u:p@h:1"}, "url=nats://u:[REDACTED]@h:1 auth=url credentials"},
+		{ConnConfig{URL: "alice:SECRETPW@127.0.0.1:4222"}, "url=alice:[REDACTED]@127.0.0.1:4222 auth=url credentials"},
 		{ConnConfig{URL: "h:1", Token: "t0ken"}, "url=h:1 auth=token"},
 		{ConnConfig{Creds: "/x.creds"}, "url=nats://127.0.0.1:4222 auth=creds"},
 		{ConnConfig{NKey: "/x.nk", CA: "/ca"}, "url=nats://127.0.0.1:4222 auth=nkey tls=ca"},
@@ -368,5 +370,39 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRedactURLs: every form of user info nats.go accepts is redacted: with and without a
+// scheme, a token alone, a password holding a comma or an '@', several URLs.
+func TestRedactURLs(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"":                                    "",
+		"nats://a:4222":                       "nats://a:4222",
+		"host:4222":                           "host:4222",
+		"nats://u:p@a:4222":                   "nats://u:[REDACTED]@a:4222",
+		"alice:SECRETPW@127.0.0.1:4222":       "alice:[REDACTED]@127.0.0.1:4222",
+		"nats://tok@a:4222,nats://b":          "nats://[REDACTED]@a:4222,nats://b",
+		"s3cr3ttoken@a:4222":                  "[REDACTED]@a:4222",
+		"nats://alice:pa,ss@127.0.0.1:4222":   "nats://alice:[REDACTED]@127.0.0.1:4222",
+		"nats://alice:p@ss@127.0.0.1:4222":    "nats://alice:[REDACTED]@127.0.0.1:4222",
+		"nats://u:p@a, tls://v:q@b:4443":      "nats://u:[REDACTED]@a, tls://v:[REDACTED]@b:4443",
+		"nats://a@h1,bob:pw@h2":               "nats://[REDACTED]@h1,bob:[REDACTED]@h2",
+		"https://u:@a":                        "https://u:@a",
+		"nats://h1:4222,nats://u:secret@h2:1": "nats://h1:4222,nats://u:[REDACTED]@h2:1",
+	} {
+		got := RedactURLs(in)
+		if got != want {
+			t.Errorf("RedactURLs(%q) = %q, want %q", in, got, want)
+		}
+		for _, s := range URLSecrets(in) {
+			if strings.Contains(got, s) {
+				t.Errorf("RedactURLs(%q) = %q holds the secret %q", in, got, s)
+			}
+		}
+	}
+	if s := URLSecrets("nats://alice:pa,ss1@h"); !slices.Contains(s, "pa,ss1") || !slices.Contains(s, "ss1") {
+		t.Errorf("URLSecrets of a password with a comma = %q", s)
 	}
 }

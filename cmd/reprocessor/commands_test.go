@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -111,5 +112,46 @@ func TestCommandErrors(t *testing.T) {
 	if code := run(context.Background(), []string{"check-config"}, env{}.get, &out, &out); code != exitOK || !strings.Contains(out.String(), "configuration is valid") ||
 		!strings.Contains(out.String(), "AZURE_CLIENT_SECRET=unset") {
 		t.Errorf("check-config: %d %q", code, out.String())
+	}
+}
+
+// TestNATSPasswordNeverShown: a NATS_URL with credentials in any form nats.go accepts (no
+// scheme, a comma or an '@' in the password, a token) is redacted from check-config and
+// from the log of a worker trying to connect with it.
+func TestNATSPasswordNeverShown(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // a port that takes connections and says nothing
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	hostPort := ln.Addr().String()
+	for _, tc := range []struct {
+		url, secret string
+		code        int
+	}{
+		{"alice:pa55w0rd1@" + hostPort, "pa55w0rd1", exitOK},
+		// nats.go splits the list on commas, so this is two broken URLs: refused, unshown.
+		{"nats://alice:p4ss,w0rd2@" + hostPort, "p4ss,w0rd2", exitUsage},
+		{"nats://alice:p4ss@w0rd3@" + hostPort, "p4ss@w0rd3", exitOK},
+		{"nats://t0kens3cr3t4@" + hostPort, "t0kens3cr3t4", exitOK},
+	} {
+		e := env{"NATS_URL": tc.url, "REPROCESSOR_HTTP_ADDR": "off", "REPROCESSOR_LOG_LEVEL": "debug"}
+		var out syncBuffer
+		if code := run(context.Background(), []string{"check-config"}, e.get, &out, &out); code != tc.code {
+			t.Fatalf("check-config %q: exit %d, want %d: %s", tc.url, code, tc.code, out.String())
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+		var logs syncBuffer
+		_ = run(ctx, []string{"run"}, e.get, &logs, &logs)
+		cancel()
+		for what, text := range map[string]string{"check-config": out.String(), "run": logs.String()} {
+			pieces := append([]string{tc.secret}, strings.FieldsFunc(tc.secret, func(r rune) bool { return r == ',' || r == '@' })...)
+			for _, p := range pieces {
+				if strings.Contains(text, p) {
+					t.Errorf("%s with NATS_URL %q shows %q:\n%s", what, tc.url, p, text)
+				}
+			}
+		}
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net"
 	"net/url"
 	"os"
@@ -14,6 +13,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/reprocessor/reprocessor/queue"
 )
 
 // Config is the whole configuration of the command. It is read from the environment and
@@ -120,6 +121,12 @@ func defaultConfig() Config {
 		ShutdownTimeout:   30 * time.Second,
 	}
 }
+
+// MinRate and MaxRate bound every rate setting, in calls per second.
+const (
+	MinRate = 0.01
+	MaxRate = 1e6
+)
 
 // DefaultRateCeiling is the highest rate REPROCESSOR_RATE=auto uses by default, in calls per
 // second per replica. Graph publishes no limit for entitlement management: the limits it
@@ -387,22 +394,27 @@ func (c Config) problems() []error {
 	}
 	if !validSubjectPrefix(c.SubjectPrefix) {
 		bad("REPROCESSOR_SUBJECT_PREFIX", "must be NATS subject tokens separated by dots, without wildcards or white space, got %q", c.SubjectPrefix)
+	} else if err := queue.CheckReservedPrefix(c.SubjectPrefix); err != nil {
+		bad("REPROCESSOR_SUBJECT_PREFIX", "%s, got %q", err.Error(), c.SubjectPrefix)
 	}
 
 	if c.Concurrency < 1 || c.Concurrency > 10000 {
 		bad("REPROCESSOR_CONCURRENCY", "must be between 1 and 10000, got %q", strconv.Itoa(c.Concurrency))
 	}
-	if !(c.Rate >= 0) || math.IsInf(c.Rate, 0) {
-		bad("REPROCESSOR_RATE", "must be auto, 0 (unlimited) or a positive number of calls per second, got %q", formatFloat(c.Rate))
+	// A rate is calls per second between MinRate (one call every 100 s: anything slower
+	// stalls the worker while it looks alive) and MaxRate.
+	inRange := func(r float64) bool { return r >= MinRate && r <= MaxRate }
+	if c.Rate != 0 && !inRange(c.Rate) {
+		bad("REPROCESSOR_RATE", "must be auto, 0 (unlimited) or a number of calls per second from %s to %s, got %q", formatFloat(MinRate), formatFloat(MaxRate), formatFloat(c.Rate))
 	}
-	if !(c.RateCeiling > 0) || math.IsInf(c.RateCeiling, 0) {
-		bad("REPROCESSOR_RATE_CEILING", "must be a positive number of calls per second, got %q", formatFloat(c.RateCeiling))
+	if !inRange(c.RateCeiling) {
+		bad("REPROCESSOR_RATE_CEILING", "must be a number of calls per second from %s to %s, got %q", formatFloat(MinRate), formatFloat(MaxRate), formatFloat(c.RateCeiling))
 	}
-	if !(c.RateInitial > 0) || math.IsInf(c.RateInitial, 0) {
-		bad("REPROCESSOR_RATE_INITIAL", "must be a positive number of calls per second, got %q", formatFloat(c.RateInitial))
+	if !inRange(c.RateInitial) {
+		bad("REPROCESSOR_RATE_INITIAL", "must be a number of calls per second from %s to %s, got %q", formatFloat(MinRate), formatFloat(MaxRate), formatFloat(c.RateInitial))
 	}
-	if !(c.RateStep >= 0) || math.IsInf(c.RateStep, 0) {
-		bad("REPROCESSOR_RATE_STEP", "must be 0 (derived) or a positive number of calls per second, got %q", formatFloat(c.RateStep))
+	if c.RateStep != 0 && !inRange(c.RateStep) {
+		bad("REPROCESSOR_RATE_STEP", "must be 0 (derived) or a number of calls per second from %s to %s, got %q", formatFloat(MinRate), formatFloat(MaxRate), formatFloat(c.RateStep))
 	}
 	if c.MaxDeliver < 1 {
 		bad("REPROCESSOR_MAX_DELIVER", "must be at least 1, got %q", strconv.Itoa(c.MaxDeliver))
@@ -535,60 +547,12 @@ func checkNATSURLs(list string) error {
 	return nil
 }
 
-// urlUserinfo finds the credentials in a URL written as scheme://userinfo@host, whether or
-// not the URL parses: user is "" when the userinfo is a bare token.
-func urlUserinfo(raw string) (user, secret string, start, end int, ok bool) {
-	i := strings.Index(raw, "://")
-	if i < 0 {
-		return "", "", 0, 0, false
-	}
-	start = i + len("://")
-	at := strings.LastIndex(raw[start:], "@")
-	if at < 0 {
-		return "", "", 0, 0, false
-	}
-	end = start + at
-	info := raw[start:end]
-	if u, p, found := strings.Cut(info, ":"); found {
-		return u, p, start, end, true
-	}
-	return "", info, start, end, true
-}
-
-// urlSecrets returns the passwords and tokens held in a comma-separated list of URLs, as
-// written and unescaped.
-func urlSecrets(list string) []string {
-	var secrets []string
-	for _, raw := range strings.Split(list, ",") {
-		_, secret, _, _, ok := urlUserinfo(raw)
-		if !ok || secret == "" {
-			continue
-		}
-		secrets = append(secrets, secret)
-		if un, err := url.PathUnescape(secret); err == nil && un != secret {
-			secrets = append(secrets, un)
-		}
-	}
-	return secrets
-}
+// urlSecrets returns the passwords and tokens held in a comma-separated list of URLs.
+func urlSecrets(list string) []string { return queue.URLSecrets(list) }
 
 // redactURLs returns a comma-separated list of URLs with their passwords and tokens
-// replaced by [REDACTED], whatever their length.
-func redactURLs(list string) string {
-	entries := strings.Split(list, ",")
-	for i, raw := range entries {
-		user, secret, start, end, ok := urlUserinfo(raw)
-		if !ok || secret == "" {
-			continue
-		}
-		info := redacted
-		if user != "" {
-			info = user + ":" + redacted
-		}
-		entries[i] = raw[:start] + info + raw[end:]
-	}
-	return strings.Join(entries, ",")
-}
+// replaced by [REDACTED], whatever their length and whether or not they have a scheme.
+func redactURLs(list string) string { return queue.RedactURLs(list) }
 
 // validSubjectPrefix reports whether p is one or more NATS subject tokens: no empty token,
 // no wildcard, no white space or control character.

@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+
+	"github.com/reprocessor/reprocessor/queue"
 )
 
 // redacted replaces a secret wherever one would be shown.
-const redacted = "[REDACTED]"
+const redacted = queue.RedactedMarker
 
 // minSecretLen is the length below which a value is not redacted from text: shorter
 // values would mangle ordinary words and numbers, and protect nothing anyway.
