@@ -333,5 +333,60 @@ func (q *Queue) Pending(ctx context.Context) (pending, ackPending uint64, err er
 	return info.NumPending, uint64(max(info.NumAckPending, 0)), nil
 }
 
+// Health looks up every stream and consumer the worker uses and reports the requests
+// consumer's counts. When any is missing (an operator deleted it while the worker runs)
+// the error wraps ErrNotProvisioned and names all that are missing; other errors (NATS
+// unreachable) are returned as they are.
+func (q *Queue) Health(ctx context.Context) (pending, ackPending uint64, err error) {
+	var missing []string
+	for _, sc := range q.streamConfigs() {
+		_, err := q.js.Stream(ctx, sc.Name)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			missing = append(missing, "stream "+sc.Name)
+		case err != nil:
+			return 0, 0, fmt.Errorf("look up stream %s: %w", sc.Name, err)
+		}
+	}
+	for _, c := range []struct{ stream, durable string }{{q.cfg.RequestsStream, q.cfg.Durable}, {q.cfg.VerifyStream, q.cfg.VerifyDurable}} {
+		info, err := q.js.Consumer(ctx, c.stream, c.durable)
+		switch {
+		case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
+			missing = append(missing, fmt.Sprintf("consumer %s on stream %s", c.durable, c.stream))
+		case err != nil:
+			return 0, 0, fmt.Errorf("look up consumer %s on stream %s: %w", c.durable, c.stream, err)
+		case c.durable == q.cfg.Durable:
+			ci := info.CachedInfo()
+			pending, ackPending = ci.NumPending, uint64(max(ci.NumAckPending, 0))
+		}
+	}
+	if len(missing) > 0 {
+		return 0, 0, fmt.Errorf("%w: missing %s", ErrNotProvisioned, strings.Join(missing, ", "))
+	}
+	return pending, ackPending, nil
+}
+
+// Repair creates again whatever Setup would create that is missing now (streams and
+// consumers deleted while the worker runs), as Setup does: idempotent, and an error with
+// NoCreate, where it may create nothing. The consumers are bound by name, so fetching
+// resumes on the recreated ones.
+func (q *Queue) Repair(ctx context.Context) error {
+	if q.cfg.NoCreate {
+		return fmt.Errorf("%w (creation is turned off): recreate them, or restart once they exist", ErrNotProvisioned)
+	}
+	for _, sc := range q.streamConfigs() {
+		if err := ensureStream(ctx, q.js, sc, q.logger); err != nil {
+			return err
+		}
+	}
+	if _, err := ensureConsumer(ctx, q.js, q.cfg.RequestsStream, q.consumerConfig(), q.logger); err != nil {
+		return err
+	}
+	if _, err := ensureConsumer(ctx, q.js, q.cfg.VerifyStream, q.verifyConsumerConfig(), q.logger); err != nil {
+		return err
+	}
+	return nil
+}
+
 // Config returns the config in use, with defaults applied.
 func (q *Queue) Config() Config { return q.cfg }

@@ -57,8 +57,10 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 		ncReady   atomic.Pointer[nats.Conn]
 		credReady atomic.Pointer[graph.Credential]
 		wReady    atomic.Pointer[worker.Worker]
-		queueOK   atomic.Bool
+		queueErr  atomic.Pointer[error] // nil while every stream and consumer is there
 	)
+	notBound := errors.New("consumer not bound")
+	queueErr.Store(&notBound)
 	starting := errors.New("starting")
 	checks := []metrics.Check{
 		{Name: "nats", Func: func() error {
@@ -72,8 +74,8 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 			return nil
 		}},
 		{Name: "consumer", Func: func() error {
-			if !queueOK.Load() {
-				return errors.New("consumer not bound")
+			if err := queueErr.Load(); err != nil {
+				return *err
 			}
 			return nil
 		}},
@@ -198,7 +200,7 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 	wReady.Store(w)
 	pollCtx, stopPoll := context.WithCancel(context.WithoutCancel(ctx))
 	pollDone := make(chan struct{})
-	go func() { defer close(pollDone); pollQueue(pollCtx, q, m, &queueOK, log) }()
+	go func() { defer close(pollDone); pollQueue(pollCtx, q, m, &queueErr, log) }()
 	defer func() { stopPoll(); <-pollDone }()
 
 	if opts.started != nil {
@@ -345,20 +347,33 @@ func newGraph(cfg Config, getenv func(string) string, httpClient *http.Client, m
 	return cred, client, nil
 }
 
-// pollQueue keeps the queue gauges and the consumer's health current.
-func pollQueue(ctx context.Context, q *queue.Queue, m *metrics.Metrics, ok *atomic.Bool, log *slog.Logger) {
+// pollQueue keeps the queue gauges and the streams' and consumers' health current: what
+// is missing (an operator deleted a stream or the consumer while the worker runs) makes
+// readiness fail, and is created again unless creation is turned off.
+func pollQueue(ctx context.Context, q *queue.Queue, m *metrics.Metrics, health *atomic.Pointer[error], log *slog.Logger) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
 		callCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		pending, ackPending, err := q.Pending(callCtx)
+		pending, ackPending, err := q.Health(callCtx)
+		if errors.Is(err, queue.ErrNotProvisioned) && ctx.Err() == nil {
+			log.Error("JetStream streams or consumers are missing", "err", err)
+			health.Store(&err)
+			if rerr := q.Repair(callCtx); rerr != nil {
+				log.Error("cannot create them again", "err", rerr)
+				err = fmt.Errorf("%w; %w", err, rerr)
+			} else {
+				log.Warn("created the missing streams and consumers again")
+				pending, ackPending, err = q.Health(callCtx)
+			}
+		}
 		cancel()
 		if err != nil {
-			if ok.Swap(false) && ctx.Err() == nil {
+			if old := health.Swap(&err); old == nil && ctx.Err() == nil {
 				log.Warn("consumer info unavailable", "err", err)
 			}
 		} else {
-			ok.Store(true)
+			health.Store(nil)
 			m.SetQueue(pending, ackPending)
 		}
 		select {
