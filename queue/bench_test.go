@@ -3,6 +3,7 @@ package queue
 import (
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -74,4 +75,60 @@ func BenchmarkFetchAck(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkAckAwaited compares the acknowledgement the worker sends (Ack: fire and forget)
+// with one awaited (DoubleAck: the server confirms it), 64 messages at a time as the
+// worker's slots do: what awaiting every ack would cost.
+func BenchmarkAckAwaited(b *testing.B) {
+	for _, awaited := range []bool{false, true} {
+		name := "ack"
+		if awaited {
+			name = "double_ack"
+		}
+		b.Run(name, func(b *testing.B) {
+			f := benchSetup(b, Config{FetchMaxWait: time.Second, MaxAckPending: 10_000})
+			ctx := testContext(b)
+			requests, _, _ := f.q.cfg.Subjects()
+			for i := range b.N {
+				if _, err := f.js.PublishAsync(requests, fmt.Appendf(nil, "0f8fad5b-d9cb-469f-a165-%012d", i)); err != nil {
+					b.Fatal(err)
+				}
+				if i%1000 == 999 || i == b.N-1 {
+					<-f.js.PublishAsyncComplete()
+				}
+			}
+			work := make(chan *message, 64)
+			var wg sync.WaitGroup
+			for range 64 {
+				wg.Go(func() {
+					for m := range work {
+						var err error
+						if awaited {
+							err = m.msg.DoubleAck(ctx)
+						} else {
+							err = m.msg.Ack()
+						}
+						if err != nil {
+							b.Error(err)
+						}
+					}
+				})
+			}
+			b.ResetTimer()
+			done := 0
+			for done < b.N {
+				err := f.q.Fetch(ctx, min(100, b.N-done), func(m worker.Message) {
+					work <- m.(*message)
+					done++
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			close(work)
+			wg.Wait()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
 }

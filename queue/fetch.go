@@ -119,8 +119,20 @@ func newMessage(m jetstream.Msg) (*message, error) {
 // Delivery describes the delivery. Its Data and Header are shared: do not modify them.
 func (m *message) Delivery() worker.Delivery { return m.delivery }
 
-// Ack acknowledges the message; in the work-queue stream that removes it.
-func (m *message) Ack() error { return m.msg.Ack() }
+// AckTimeout bounds the wait for the server to confirm an acknowledgement.
+const AckTimeout = 5 * time.Second
+
+// Ack acknowledges the message and waits for the server to confirm it (DoubleAck); in the
+// work-queue stream that removes it. An error means the message may come back: an ack
+// refused by the account's permissions, or lost with the connection. Awaiting it costs
+// about 4.5 µs of a 2-core machine per message (BenchmarkAckAwaited), a few per cent of
+// what the worker spends on a request, and is how such an ack shows in the log and in
+// readiness instead of as an endless round of redeliveries.
+func (m *message) Ack() error {
+	ctx, cancel := context.WithTimeout(context.Background(), AckTimeout)
+	defer cancel()
+	return m.msg.DoubleAck(ctx)
+}
 
 // NakWithDelay asks the server to deliver the message again after delay.
 func (m *message) NakWithDelay(delay time.Duration) error { return m.msg.NakWithDelay(delay) }

@@ -236,3 +236,20 @@ func TestRetryAfterZeroIsNotALoop(t *testing.T) {
 		t.Fatalf("%d calls within a 300ms budget with a first delay of 50ms", n)
 	}
 }
+
+// TestRefusedAckFailsReadiness: an ack the server does not confirm (an account that may
+// not ack) makes readiness say so, until an ack is confirmed again.
+func TestRefusedAckFailsReadiness(t *testing.T) {
+	t.Parallel()
+	g, _ := answers(202)
+	s := newSetup(t, Config{}, g)
+	refused := &fakeMsg{d: Delivery{Data: []byte(guid(1)), Stream: "S", StreamSeq: 1, NumDelivered: 1, Timestamp: time.Now()},
+		ackErr: errors.New("nats: permissions violation for publish to $JS.ACK.S")}
+	s.src.ch <- refused
+	waitFor(t, "not ready", func() bool {
+		err := s.w.Ready()
+		return err != nil && strings.Contains(err.Error(), "acks are not confirmed")
+	})
+	s.send(guid(2), 1)
+	waitFor(t, "ready again", func() bool { return s.w.Ready() == nil })
+}

@@ -115,6 +115,7 @@ type Worker struct {
 	credDown atomic.Bool
 
 	publishDown atomic.Pointer[publishFailure] // the last publish that gave up; nil once one succeeds
+	ackDown     atomic.Pointer[error]          // the last ack not confirmed; nil once one is
 }
 
 // publishFailure is why a message was last handed back for want of storing what it
@@ -241,6 +242,9 @@ func (w *Worker) Ready() error {
 	}
 	if p := w.publishDown.Load(); p != nil {
 		return fmt.Errorf("handing messages back: %s cannot be stored: %w", p.what, p.err)
+	}
+	if err := w.ackDown.Load(); err != nil {
+		return fmt.Errorf("acks are not confirmed, so settled messages come back: %w", *err)
 	}
 	return nil
 }
@@ -664,9 +668,7 @@ func (w *Worker) settle(work context.Context, m Message, d Delivery, req Request
 		}
 	}
 	w.attempts.forget(keyOf(d))
-	if err := m.Ack(); err != nil {
-		w.logFor(d, req).Warn("ack failed; the message will be redelivered and settled again without a duplicate event", "err", err)
-	}
+	w.ack(m, d, req)
 	if stored.Duplicate {
 		return kind == KindAccepted
 	}
@@ -689,6 +691,21 @@ func (w *Worker) settle(work context.Context, m Message, d Delivery, req Request
 			"graph_request_id", res.resp.RequestID, "client_request_id", res.resp.ClientRequestID)
 	}
 	return true
+}
+
+// ack acknowledges a settled request. An ack that is not confirmed leaves the message to
+// come back, settled again then without a second event; while acks fail, readiness says so
+// (an account whose permissions refuse acks would otherwise redeliver every request for
+// ever behind a green /readyz).
+func (w *Worker) ack(m Message, d Delivery, req Request) {
+	if err := m.Ack(); err != nil {
+		w.ackDown.Store(&err)
+		w.logFor(d, req).Warn("ack not confirmed; the message will be redelivered and settled again without a duplicate event", "err", err)
+		return
+	}
+	if p := w.ackDown.Load(); p != nil && w.ackDown.CompareAndSwap(p, nil) {
+		w.log.Info("acks are confirmed again")
+	}
 }
 
 // storedOutcome is the outcome that stands when the stream already held a terminal event

@@ -18,15 +18,16 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // fakeMsg is a hand-made Message that records how it was settled.
 type fakeMsg struct {
-	d    Delivery
-	mu   sync.Mutex
-	acks int
-	naks []time.Duration
-	hbs  int
+	d      Delivery
+	ackErr error // what Ack returns
+	mu     sync.Mutex
+	acks   int
+	naks   []time.Duration
+	hbs    int
 }
 
 func (m *fakeMsg) Delivery() Delivery { return m.d }
-func (m *fakeMsg) Ack() error         { m.mu.Lock(); m.acks++; m.mu.Unlock(); return nil }
+func (m *fakeMsg) Ack() error         { m.mu.Lock(); m.acks++; m.mu.Unlock(); return m.ackErr }
 func (m *fakeMsg) InProgress() error  { m.mu.Lock(); m.hbs++; m.mu.Unlock(); return nil }
 func (m *fakeMsg) NakWithDelay(d time.Duration) error {
 	m.mu.Lock()
