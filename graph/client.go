@@ -488,12 +488,25 @@ func headerValue(h http.Header, name string) string {
 	if len(v) > maxHeaderValue {
 		v = v[:maxHeaderValue]
 	}
+	if plainASCII(v) {
+		return v // what Graph sends: no copy
+	}
 	return strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
 			return -1
 		}
 		return r
 	}, strings.ToValidUTF8(v, ""))
+}
+
+// plainASCII reports whether s is printable ASCII.
+func plainASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *Client) observed(op, code string, d time.Duration) {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -47,6 +48,42 @@ const maxRefreshMargin = 5 * time.Minute
 
 // fetchTimeout bounds one token request, whoever waits for it.
 const fetchTimeout = time.Minute
+
+// maxAuthorityBody bounds what is read of an answer of the authority (or of the managed
+// identity endpoint).
+const maxAuthorityBody = 1 << 20
+
+// limitBodies is a transport whose answers' bodies fail past max bytes, so that a hostile
+// authority cannot make the credential buffer an endless answer.
+type limitBodies struct {
+	next http.RoundTripper
+	max  int64
+}
+
+func (l limitBodies) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := l.next.RoundTrip(r)
+	if err == nil && resp.Body != nil {
+		resp.Body = &limitedBody{ReadCloser: resp.Body, left: l.max}
+	}
+	return resp, err
+}
+
+type limitedBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, fmt.Errorf("the answer is longer than %d bytes", maxAuthorityBody)
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
 
 // minTokenLifetime is the shortest lifetime of a token that is used: one that expires
 // sooner (expires_in 0 or negative from a broken authority) counts as a failed request, so
@@ -131,9 +168,12 @@ func NewCredential(env func(string) string, c Cloud, opts CredentialOptions) (*C
 	}
 	// Token requests follow no redirect either: a 307 would re-post the client secret or
 	// assertion to wherever it points.
+	// Its answers are read up to maxAuthorityBody: a token answer is a few KiB.
+	tokenHTTP := NoRedirects(opts.HTTPClient)
+	tokenHTTP.Transport = limitBodies{next: cmp.Or[http.RoundTripper](tokenHTTP.Transport, http.DefaultTransport), max: maxAuthorityBody}
 	clientOpts := azcore.ClientOptions{
 		Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: authority},
-		Transport: NoRedirects(opts.HTTPClient),
+		Transport: tokenHTTP,
 	}
 	tenant, client := env(EnvTenantID), env(EnvClientID)
 	cr := &Credential{

@@ -231,3 +231,27 @@ func TestTokenThatExpiresAtOnce(t *testing.T) {
 		t.Fatalf("the log does not say why: %s", b.logs.String())
 	}
 }
+
+// TestEndlessTokenAnswer: an authority answering with an endless body is read up to a
+// bound, and the request fails.
+func TestEndlessTokenAnswer(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{minBackoff: 50 * time.Millisecond})
+	b.srv.SetInterceptor(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasSuffix(r.URL.Path, "/oauth2/v2.0/token") {
+			return false
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"token_type":"Bearer","expires_in":3600,"access_token":"`)
+		chunk := strings.Repeat("a", 64<<10)
+		for range 1024 { // 64 MiB, unless the client hangs up
+			if _, err := io.WriteString(w, chunk); err != nil {
+				break
+			}
+		}
+		return true
+	})
+	if _, err := b.cred.Token(context.Background()); !errors.Is(err, graph.ErrToken) {
+		t.Fatalf("token from an endless answer: %v, want a token error", err)
+	}
+}

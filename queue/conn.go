@@ -28,6 +28,11 @@ type ConnConfig struct {
 	Cert     string // NATS_CERT: a PEM client certificate
 	Key      string // NATS_KEY: the client certificate's PEM key
 	Name     string // the connection name shown by the server
+
+	// OnAckRefused, if set, is called when the server refuses an acknowledgement (a
+	// permissions violation for a publish to $JS.ACK): acks are not awaited, so this is
+	// how a worker learns that its messages will come back.
+	OnAckRefused func(error)
 }
 
 // ConnConfigFromEnv reads the NATS CLI's variables through getenv.
@@ -206,6 +211,9 @@ func Connect(ctx context.Context, cc ConnConfig, logger *slog.Logger) (*nats.Con
 			logger.Warn("nats server entering lame duck mode; will reconnect elsewhere")
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if cc.OnAckRefused != nil && AckRefused(err) {
+				cc.OnAckRefused(err)
+			}
 			attrs := []any{"error", r.string(err)}
 			if sub != nil {
 				attrs = append(attrs, "subject", sub.Subject)
@@ -250,6 +258,12 @@ func (c ConnConfig) redactedURL() string { return RedactURLs(c.url()) }
 // secrets returns the configured secrets: password, token and URL user info.
 func (c ConnConfig) secrets() []string {
 	return append([]string{c.Password, c.Token}, URLSecrets(c.URL)...)
+}
+
+// AckRefused reports whether an asynchronous error of the connection says the server
+// refused an acknowledgement: a permissions violation for a publish to $JS.ACK.
+func AckRefused(err error) bool {
+	return errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), "$JS.ACK.")
 }
 
 // redactor cuts secrets out of error text.

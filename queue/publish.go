@@ -104,12 +104,18 @@ func (q *Queue) PublishEvent(ctx context.Context, e *worker.Event) (worker.Store
 	}
 }
 
+// storedEventTimeout bounds reading back a stored event (an account that may not read the
+// events stream gets no answer at all).
+const storedEventTimeout = 2 * time.Second
+
 // storedEvent reads back the event stored at seq in the events stream, if it carries id;
 // nil when it cannot be read (a locked-down account, a purged stream).
 func (q *Queue) storedEvent(ctx context.Context, seq uint64, id string) *worker.Event {
 	if seq == 0 {
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, storedEventTimeout)
+	defer cancel()
 	s, err := q.js.Stream(ctx, q.cfg.EventsStream)
 	var raw *jetstream.RawStreamMsg
 	if err == nil {

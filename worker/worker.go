@@ -642,7 +642,6 @@ func (w *Worker) settle(work context.Context, m Message, d Delivery, req Request
 	ev := w.event(d, req, res, now)
 	stored, err := w.publish(work, "event", func(ctx context.Context) (Stored, error) { return w.deps.Events.PublishEvent(ctx, ev) })
 	if err != nil {
-		w.obs.EventPublishFailed()
 		w.keepOutcome(m, d, res, "event", err)
 		return false
 	}
@@ -735,12 +734,11 @@ func (w *Worker) storedOutcome(d Delivery, req Request, res result, stored Store
 // delay growing with its deliveries, and remembers the outcome so that its next delivery
 // to this process settles it without calling Graph again.
 func (w *Worker) keepOutcome(m Message, d Delivery, res result, what string, err error) {
+	w.attempts.set(keyOf(d), attemptEntry{attempts: res.attempts, settled: &res})
 	if errors.Is(err, context.Canceled) && !errors.Is(err, ErrUnstorable) {
 		w.handBack(m, d, w.cfg.ShutdownNakDelay, what+" not stored before shutdown")
-		w.attempts.set(keyOf(d), attemptEntry{attempts: res.attempts, settled: &res})
 		return
 	}
-	w.attempts.set(keyOf(d), attemptEntry{attempts: res.attempts, settled: &res})
 	delay := Backoff{Initial: 5 * time.Second, Max: 5 * time.Minute}.ceiling(int(min(d.NumDelivered, 30)))
 	w.log.Error("handing a message back: what it produced cannot be stored", "what", what, "stream_seq", d.StreamSeq,
 		"delivery", d.NumDelivered, "outcome", res.kind, "err", err, "in", delay)
@@ -762,7 +760,7 @@ func (w *Worker) publish(work context.Context, what string, publish func(context
 			}
 			return stored, nil
 		}
-		if what == "event" && attempt > 1 {
+		if what == "event" {
 			w.obs.EventPublishFailed()
 		}
 		if work.Err() != nil {

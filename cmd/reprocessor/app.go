@@ -23,6 +23,16 @@ import (
 	"github.com/reprocessor/reprocessor/worker"
 )
 
+// ackRefusalMemory is how long readiness fails after the server refused an ack: acks are
+// not awaited, so only the refusals say that they do not land.
+const ackRefusalMemory = time.Minute
+
+// ackRefused is the last ack the server refused.
+type ackRefused struct {
+	at  time.Time
+	err error
+}
+
 // runOptions are what demo and tests add to a worker run.
 type runOptions struct {
 	graphHTTP *http.Client         // carries Graph and token calls (a client trusting a simulated Graph)
@@ -54,10 +64,11 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 	// The HTTP listener comes first, so that /healthz answers while NATS and Graph are
 	// still being reached; readiness says what is not there yet.
 	var (
-		ncReady   atomic.Pointer[nats.Conn]
-		credReady atomic.Pointer[graph.Credential]
-		wReady    atomic.Pointer[worker.Worker]
-		queueErr  atomic.Pointer[error] // nil while every stream and consumer is there
+		ncReady    atomic.Pointer[nats.Conn]
+		credReady  atomic.Pointer[graph.Credential]
+		wReady     atomic.Pointer[worker.Worker]
+		queueErr   atomic.Pointer[error] // nil while every stream and consumer is there
+		ackRefusal atomic.Pointer[ackRefused]
 	)
 	notBound := errors.New("consumer not bound")
 	queueErr.Store(&notBound)
@@ -90,6 +101,12 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 				return cred.LastError()
 			}
 			return errors.New("no token obtained yet")
+		}},
+		{Name: "acks", Func: func() error {
+			if r := ackRefusal.Load(); r != nil && time.Since(r.at) < ackRefusalMemory {
+				return fmt.Errorf("the server refused an ack %s ago, so settled messages come back: %w", time.Since(r.at).Round(time.Second), r.err)
+			}
+			return nil
 		}},
 		{Name: "worker", Func: func() error {
 			if w := wReady.Load(); w != nil {
@@ -129,6 +146,7 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 	cc := queue.ConnConfigFromEnv(getenv)
 	cc.URL = natsURL
 	cc.Name = "reprocessor/" + cfg.Instance
+	cc.OnAckRefused = func(err error) { ackRefusal.Store(&ackRefused{at: time.Now(), err: err}) }
 	nc, err := queue.Connect(ctx, cc, log)
 	if err != nil {
 		return fmt.Errorf("connect to NATS %s: %w", cc.Redacted(), err)
@@ -394,7 +412,9 @@ func serveHTTP(addr string, h http.Handler, log *slog.Logger) (string, func(), e
 	if err != nil {
 		return "", nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	// Bounded, so that a slow or malicious scraper holds nothing for long.
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/reprocessor/reprocessor/graph/graphtest"
+	"github.com/reprocessor/reprocessor/queue"
 	"github.com/reprocessor/reprocessor/worker"
 )
 
@@ -29,6 +32,8 @@ func lockedDownPermissions() *server.Permissions {
 			"$JS.API.CONSUMER.MSG.NEXT.REPROCESS_VERIFY.reprocessor-verify",
 			"$JS.ACK.REPROCESS_REQUESTS.reprocessor.>",
 			"$JS.ACK.REPROCESS_VERIFY.reprocessor-verify.>",
+			// read back the stored terminal event a duplicate stands for
+			"$JS.API.STREAM.MSG.GET.REPROCESS_EVENTS",
 			// publish events, dead letters and state checks; share throttling
 			p + ".events.>", p + ".dlq", p + ".verify", p + ".control.>",
 		}},
@@ -101,4 +106,42 @@ func TestLockedDownPermissionsDocumented(t *testing.T) {
 			t.Errorf("README's locked-down permissions lack %q", s)
 		}
 	}
+}
+
+// TestRefusedAcks: a worker whose account may not ack requests (a permissions mistake)
+// sees every settled request come back. Each still has exactly one terminal event (the
+// redeliveries are dropped by the events stream), and /readyz says why.
+func TestRefusedAcks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out redeliveries")
+	}
+	t.Parallel()
+	perms := lockedDownPermissions()
+	perms.Publish.Allow = slices.DeleteFunc(perms.Publish.Allow, func(s string) bool { return strings.HasPrefix(s, "$JS.ACK.REPROCESS_REQUESTS") })
+	srv := startJetStreamServer(t, &server.Options{Users: []*server.User{
+		{Username: "admin", Password: "admin-pw"},
+		{Username: "worker", Password: "worker-pw", Permissions: perms},
+	}})
+	sys := newSystemOn(t, graphtest.Options{}, srv.ClientURL(), nats.UserInfo("admin", "admin-pw"))
+	if _, err := queue.Setup(context.Background(), sys.js, queue.Config{AckWait: time.Second}, nil); err != nil {
+		t.Fatal(err) // the administrator provisions, with a short ack wait
+	}
+	w := sys.startWorker(env{
+		"NATS_USER": "worker", "NATS_PASSWORD": "worker-pw",
+		"REPROCESSOR_NO_CREATE": "true",
+		"REPROCESSOR_ACK_WAIT":  "1s",
+	})
+	want := ids(10, 911)
+	sys.publish(payloads(want)...)
+	sys.waitFor("not ready, saying acks are refused", 30*time.Second, func() bool {
+		code, body := w.get("/readyz")
+		return code != 200 && strings.Contains(body, "refused an ack")
+	})
+	// Redeliveries come every second and are settled again (as the same process remembers
+	// them accepted, without calling Graph); after a few, still one terminal event each.
+	sys.waitFor("redeliveries", 30*time.Second, func() bool {
+		_, body := w.get("/metrics")
+		return metricValue(body, `reprocessor_duplicate_outcomes_total{kind="accepted"}`) >= float64(2*len(want))
+	})
+	sys.waitTerminal(want, 30*time.Second)
 }
