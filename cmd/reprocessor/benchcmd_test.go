@@ -38,7 +38,9 @@ func TestBenchCommand(t *testing.T) {
 func TestBenchCommandThrottledText(t *testing.T) {
 	t.Parallel()
 	out := benchOK(t, "--ids", "150", "--throttle", "100", "--throttle-burst", "5", "--rate", "50", "--preload", "--bare=false")
-	for _, want := range []string{"rate 50, simulated Graph throttle 100/s", "150 of 150 completed", " 0 answered 429", "publish→event", "peak RSS"} {
+	// How many calls meet a 429 depends on the machine's load (a fixed rate below the
+	// throttle meets none on an idle one): the bench's figures are measured, not asserted.
+	for _, want := range []string{"rate 50, simulated Graph throttle 100/s", "150 of 150 completed", " answered 429 (", "publish→event", "peak RSS"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
