@@ -325,6 +325,14 @@ func (c *csvRecords) next() (csvRecord, error) {
 			c.again = append(more, c.again...) // read them again as records of their own
 			return csvRecord{line: first.no, invalid: bad, raw: cut(string(first.text))}, nil
 		}
+		if bytes.IndexByte(rec, '"') < 0 {
+			// No quote, one line: the fields are what lies between the commas.
+			line := strings.TrimRight(string(rec), "\r\n")
+			if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
+				continue // a blank line or a comment
+			}
+			return csvRecord{line: first.no, fields: strings.Split(line, ",")}, nil
+		}
 		cr := csv.NewReader(bytes.NewReader(rec))
 		cr.Comment = '#'
 		cr.FieldsPerRecord = -1

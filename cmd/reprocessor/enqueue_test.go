@@ -11,12 +11,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/reprocessor/reprocessor/bulk"
 	"github.com/reprocessor/reprocessor/graph/graphtest"
 	"github.com/reprocessor/reprocessor/worker"
 )
@@ -501,4 +504,68 @@ func readHWM(pid int) (int, bool) {
 		}
 	}
 	return 0, false
+}
+
+// TestDLQStreams: dlq list and dlq replay --dry-run work through the dead-letter stream as
+// they read it, holding none of it: a dead letter deleted after the first one was shown is
+// never shown (a command that read everything first would still show it).
+func TestDLQStreams(t *testing.T) {
+	t.Parallel()
+	sys := newSystem(t, graphtest.Options{})
+	sys.ensureStreams()
+	const n = 2000
+	for i := range n {
+		m := &nats.Msg{Subject: "entitlement.reprocess.dlq", Data: []byte(fmt.Sprintf("0f8fad5b-d9cb-469f-a165-%012d", i)),
+			Header: nats.Header{"Reprocess-Error": {"not_found"}, "Reprocess-Attempts": {"1"}}}
+		if _, err := sys.js.PublishMsgAsync(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-sys.js.PublishAsyncComplete()
+	ctx := context.Background()
+	dlq, err := sys.js.Stream(ctx, "REPROCESS_DLQ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := uint64(n)
+	deleteLast := func() {
+		if err := dlq.DeleteMsg(ctx, last); err != nil {
+			t.Errorf("delete dead letter %d: %v", last, err)
+		}
+		last--
+	}
+
+	// list: the table is written out in blocks while the stream is read.
+	out := &firstWrite{do: deleteLast}
+	var errOut syncBuffer
+	if code := cmdDLQ(ctx, []string{"list"}, sys.env.get, out, &errOut); code != exitOK {
+		t.Fatalf("dlq list: exit %d: %s", code, errOut.String())
+	}
+	if rows := strings.Count(out.String(), "\n") - 1; rows != n-1 {
+		t.Fatalf("dlq list showed %d dead letters, want %d: it read the stream before writing", rows, n-1)
+	}
+
+	// replay --dry-run: each dead letter is handed on as it is read.
+	seen := 0
+	_, err = bulk.ReplayDeadLetters(ctx, sys.js, "REPROCESS_DLQ", "entitlement.reprocess.requests", bulk.DLQFilter{}, true, func(r bulk.ReplayResult) {
+		if seen == 0 {
+			deleteLast()
+		}
+		seen++
+	})
+	if err != nil || seen != n-2 {
+		t.Fatalf("dry run saw %d dead letters (err %v), want %d", seen, err, n-2)
+	}
+}
+
+// firstWrite runs do on its first write, and keeps what is written.
+type firstWrite struct {
+	syncBuffer
+	do   func()
+	once sync.Once
+}
+
+func (w *firstWrite) Write(p []byte) (int, error) {
+	w.once.Do(w.do)
+	return w.syncBuffer.Write(p)
 }
