@@ -104,17 +104,7 @@ func (f *flakySink) PublishEvent(ctx context.Context, e *Event) (Stored, error) 
 func newFlakySetup(t *testing.T, cfg Config, g graphFunc) (*setup, *flakySink) {
 	t.Helper()
 	fs := &flakySink{}
-	s := &setup{src: &fakeSource{ch: make(chan Message, 100)}, sink: &fs.sink, done: make(chan struct{})}
-	w, err := New(cfg, Deps{Source: s.src, Graph: g, Events: fs, DeadLetters: fs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.w = w
-	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
-	go func() { defer close(s.done); _ = w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-s.done })
-	return s, fs
+	return newSetupStoring(t, cfg, g, &fs.sink, fs), fs
 }
 
 // TestUnstorableEventFreesTheSlot: an event no retry can store hands its message back at

@@ -115,8 +115,16 @@ type setup struct {
 
 func newSetup(t *testing.T, cfg Config, g graphFunc) *setup {
 	t.Helper()
-	s := &setup{src: &fakeSource{ch: make(chan Message, 1000)}, sink: &sink{}, done: make(chan struct{})}
-	w, err := New(cfg, Deps{Source: s.src, Graph: g, Events: s.sink, DeadLetters: s.sink})
+	sk := &sink{}
+	return newSetupStoring(t, cfg, g, sk, sk)
+}
+
+// newSetupStoring is newSetup with events published through events (which must record
+// into sk, the sink the setup reads) and dead letters stored in sk.
+func newSetupStoring(t *testing.T, cfg Config, g graphFunc, sk *sink, events EventPublisher) *setup {
+	t.Helper()
+	s := &setup{src: &fakeSource{ch: make(chan Message, 1000)}, sink: sk, done: make(chan struct{})}
+	w, err := New(cfg, Deps{Source: s.src, Graph: g, Events: events, DeadLetters: sk})
 	if err != nil {
 		t.Fatal(err)
 	}

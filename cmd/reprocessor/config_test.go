@@ -640,23 +640,6 @@ func TestRedact(t *testing.T) {
 	}
 }
 
-func TestRedactURLs(t *testing.T) {
-	t.Parallel()
-	for in, want := range map[string]string{
-		"":                               "",
-		"nats://a:4222":                  "nats://a:4222",
-		"nats://u:p@a:4222":              "nats://u:[REDACTED]@a:4222",
-		"nats://tok@a:4222,nats://b":     "nats://[REDACTED]@a:4222,nats://b",
-		"nats://u:p@a, tls://v:q@b:4443": "nats://u:[REDACTED]@a, tls://v:[REDACTED]@b:4443",
-		"https://u:@a":                   "https://u:@a",
-		"host:4222":                      "host:4222",
-	} {
-		if got := redactURLs(in); got != want {
-			t.Errorf("redactURLs(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestWriteConfigUsage(t *testing.T) {
 	t.Parallel()
 	var b bytes.Buffer
