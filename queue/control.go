@@ -85,6 +85,7 @@ type Control struct {
 	pausedUntil time.Time // the latest pause shared or heard
 	adopted     bool
 	started     time.Time
+	answered    time.Time // the last hello answered
 
 	sub       *nats.Subscription
 	stop      chan struct{}
@@ -293,7 +294,7 @@ func (c *Control) receive(msg *nats.Msg) {
 			c.cfg.Logger.Info("replica joined", "replica", m.Instance)
 			c.update()
 		}
-		if m.Kind == "hello" {
+		if m.Kind == "hello" && c.mayAnswer(now) {
 			c.beat() // answer at once, so that it learns the rate and any pause
 		}
 	case "bye":
@@ -332,6 +333,18 @@ func (c *Control) update() {
 		// The others scale themselves by (n-1)/n when they count this replica.
 		c.cfg.Rate.Adopt(total / float64(n))
 	}
+}
+
+// mayAnswer reports whether a hello may be answered now: at most one answer a tenth of an
+// interval, so that a flood of hellos on the control subject is not echoed as a flood.
+func (c *Control) mayAnswer(now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now.Sub(c.answered) < c.cfg.Interval/10 {
+		return false
+	}
+	c.answered = now
+	return true
 }
 
 func (c *Control) beat() {

@@ -225,3 +225,43 @@ func TestControlPeersAreBounded(t *testing.T) {
 	}
 	eventually(t, "the replicas counted", func() bool { return c.Replicas() == 1+maxPeers })
 }
+
+// TestControlHelloFloodIsNotEchoed: a flood of hellos is answered at most once a tenth of
+// an interval, not once each.
+func TestControlHelloFloodIsNotEchoed(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, t.TempDir())
+	nc, _ := connect(t, srv.ClientURL())
+	c, err := StartControl(nc, ControlConfig{Prefix: "t", Pause: func(time.Time) {}, Interval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	attacker, _ := connect(t, srv.ClientURL())
+	beats, err := attacker.SubscribeSync("t.control.replicas")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 500 {
+		if err := attacker.Publish("t.control.replicas", fmt.Appendf(nil, `{"kind":"hello","id":"%016x"}`, i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := attacker.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the hellos heard", func() bool { return c.Replicas() > 1 })
+	answers := 0
+	for {
+		m, err := beats.NextMsg(200 * time.Millisecond)
+		if err != nil {
+			break
+		}
+		if strings.Contains(string(m.Data), `"kind":"beat"`) {
+			answers++
+		}
+	}
+	if answers > 5 {
+		t.Fatalf("%d answers to 500 hellos", answers)
+	}
+}

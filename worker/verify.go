@@ -151,11 +151,15 @@ func (w *Worker) precheck(ctx, work context.Context, d Delivery, req Request) st
 func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 	d := m.Delivery()
 	var c Check
-	if err := json.Unmarshal(d.Data, &c); err != nil || c.AssignmentID == "" || c.RequestStream == "" {
+	err := json.Unmarshal(d.Data, &c)
+	id, validID := NormalizeID(c.AssignmentID)
+	if err != nil || !validID || c.RequestStream == "" || len(c.RequestStream) > 255 || c.RequestSeq == 0 {
+		// Only the worker writes checks; one that is not its own is dropped, never followed.
 		w.log.Error("dropping an unreadable state check", "stream_seq", d.StreamSeq, "err", err)
 		_ = m.Ack()
 		return
 	}
+	c.AssignmentID = id
 	if ctx.Err() != nil {
 		w.handBack(m, d, w.cfg.ShutdownNakDelay, "shutting down")
 		return

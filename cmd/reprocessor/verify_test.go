@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -284,5 +285,33 @@ func TestEnqueueWaitSettled(t *testing.T) {
 		if r.Outcome != "accepted" || r.State != want || r.Settled == nil || !*r.Settled {
 			t.Errorf("row %+v, want accepted, settled in %s", r, want)
 		}
+	}
+}
+
+// TestForgedStateCheck: a state check that is not the worker's own (published by anyone on
+// the verify subject, with an id that is not a GUID) is dropped: it reaches no Graph call
+// and produces no event.
+func TestForgedStateCheck(t *testing.T) {
+	t.Parallel()
+	sys := newSystem(t, graphtest.Options{})
+	sys.startWorker(tracking)
+	forged := []string{
+		`{"assignmentId":"../../users","requestStream":"REPROCESS_REQUESTS","requestSeq":1,"deadline":"2099-01-01T00:00:00Z"}`,
+		`{"assignmentId":"0f8fad5b-d9cb-469f-a165-70867728950e","requestStream":"","requestSeq":1}`,
+		`not json`,
+	}
+	for _, f := range forged {
+		if _, err := sys.js.Publish(context.Background(), "entitlement.reprocess.verify", []byte(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sys.waitFor("the forged checks dropped", 30*time.Second, func() bool { return sys.streamCount("REPROCESS_VERIFY") == 0 })
+	for _, c := range sys.gt.Calls() {
+		if strings.Contains(c.Path, "identityGovernance") {
+			t.Errorf("a forged check reached Graph: %s %s", c.Method, c.Path)
+		}
+	}
+	if evs := sys.readEvents(); len(evs) != 0 {
+		t.Errorf("forged checks produced events: %+v", evs)
 	}
 }
