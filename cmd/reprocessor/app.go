@@ -194,7 +194,7 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 	defer rc.Close() // after the worker has stopped, before the NATS drain
 	w, err := worker.New(workerConfig(cfg, log), worker.Deps{
 		Source:      q,
-		Graph:       graphAdapter{client},
+		Graph:       graph.ForWorker(client),
 		Events:      q,
 		DeadLetters: q,
 		Limiter:     rc.limiter,
@@ -202,7 +202,7 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 		Observer:    m,
 		Checks:      q.Checks(),
 		Scheduler:   q,
-		States:      graphAdapter{client},
+		States:      graph.ForWorker(client),
 		Hold: func() error {
 			if cred.Ready() {
 				return nil
@@ -444,53 +444,5 @@ func drain(nc *nats.Conn, timeout time.Duration) error {
 	case <-time.After(timeout):
 		nc.Close()
 		return errors.New("drain timed out")
-	}
-}
-
-// graphAdapter presents the Graph client to the worker.
-type graphAdapter struct{ c *graph.Client }
-
-func (g graphAdapter) Reprocess(ctx context.Context, id string) (worker.Response, error) {
-	r, err := g.c.Reprocess(ctx, id)
-	return adaptResult(r, err)
-}
-
-func (g graphAdapter) GetAssignment(ctx context.Context, id string) (worker.Assignment, worker.Response, error) {
-	a, r, err := g.c.GetAssignment(ctx, id)
-	resp, err := adaptResult(r, err)
-	if errors.Is(err, graph.ErrDecode) {
-		// A 200 whose body cannot be read: retried like a server error.
-		resp.Status, err = http.StatusBadGateway, nil
-	}
-	return worker.Assignment{State: a.State, Status: a.Status}, resp, err
-}
-
-// adaptResult presents a Graph answer, or the failure to get one, to the worker.
-func adaptResult(r graph.Result, err error) (worker.Response, error) {
-	resp := worker.Response{
-		Status:          r.Status,
-		RequestID:       r.RequestID,
-		ClientRequestID: r.ClientRequestID,
-		RetryAfter:      r.RetryAfter,
-		HasRetryAfter:   r.HasRetryAfter,
-		AuthRetries:     r.AuthRetries,
-	}
-	if r.Error != nil {
-		resp.ErrorCode, resp.ErrorMessage = r.Error.Code, r.Error.Message
-	}
-	switch {
-	case err == nil:
-		return resp, nil
-	case errors.Is(err, graph.ErrToken):
-		return resp, fmt.Errorf("%w: %w", worker.ErrCredential, err)
-	case errors.Is(err, graph.ErrTimeout):
-		return resp, fmt.Errorf("%w: %w", worker.ErrTimeout, err)
-	case errors.Is(err, graph.ErrInvalidID):
-		// The worker validates ids as strictly as the client; should they ever disagree,
-		// the request fails rather than reaching Graph.
-		resp.Status, resp.ErrorCode, resp.ErrorMessage = http.StatusBadRequest, "invalid_id", err.Error()
-		return resp, nil
-	default:
-		return resp, fmt.Errorf("%w: %w", worker.ErrNetwork, err)
 	}
 }
