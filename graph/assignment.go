@@ -4,26 +4,19 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+
+	"github.com/reprocessor/reprocessor/worker"
 )
 
-// Assignment states of v1.0 (a closed enum in Graph's schema; any other value is kept as is).
-const (
-	StateDelivering         = "delivering"
-	StatePartiallyDelivered = "partiallyDelivered"
-	StateDelivered          = "delivered"
-	StateExpired            = "expired"
-	StateDeliveryFailed     = "deliveryFailed"
-	StateUnknownFutureValue = "unknownFutureValue"
-)
-
-// betaStates maps beta's PascalCase assignmentState values to v1.0's.
+// betaStates maps beta's PascalCase assignmentState values to v1.0's (worker.State*, the
+// one list of the enum).
 var betaStates = map[string]string{
-	"Delivering":         StateDelivering,
-	"PartiallyDelivered": StatePartiallyDelivered,
-	"Delivered":          StateDelivered,
-	"Expired":            StateExpired,
-	"DeliveryFailed":     StateDeliveryFailed,
-	"UnknownFutureValue": StateUnknownFutureValue,
+	"Delivering":         worker.StateDelivering,
+	"PartiallyDelivered": worker.StatePartiallyDelivered,
+	"Delivered":          worker.StateDelivered,
+	"Expired":            worker.StateExpired,
+	"DeliveryFailed":     worker.StateDeliveryFailed,
+	"UnknownFutureValue": worker.StateUnknownFutureValue,
 }
 
 // betaState returns beta's PascalCase for a v1.0 state, or the state as given.

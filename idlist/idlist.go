@@ -21,23 +21,56 @@ type ID [16]byte
 
 // Parse reads a GUID in its 36-character 8-4-4-4-12 form, in either case.
 func Parse(s string) (ID, bool) {
+	var lower [36]byte
 	var id ID
-	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+	if !lowerGUID(s, &lower) {
 		return id, false
 	}
-	var buf [32]byte
+	var digits [32]byte
 	n := 0
-	for i := 0; i < 36; i++ {
-		if i == 8 || i == 13 || i == 18 || i == 23 {
-			continue
+	for i, c := range lower {
+		if i != 8 && i != 13 && i != 18 && i != 23 {
+			digits[n] = c
+			n++
 		}
-		buf[n] = s[i]
-		n++
 	}
-	if _, err := hex.Decode(id[:], buf[:]); err != nil {
-		return ID{}, false
-	}
+	_, _ = hex.Decode(id[:], digits[:]) // lowerGUID let through hexadecimal digits only
 	return id, true
+}
+
+// Normalize returns s in lower case if it is exactly a GUID in its 36-character
+// 8-4-4-4-12 form, in either case: the one check of an assignment id that every part of
+// reprocessor shares (the Graph client keeps its own as a last line of defence).
+func Normalize(s string) (string, bool) {
+	var lower [36]byte
+	if !lowerGUID(s, &lower) {
+		return "", false
+	}
+	return string(lower[:]), true
+}
+
+// lowerGUID writes s in lower case to out and reports whether it is a GUID: 36
+// characters, dashes at 8, 13, 18 and 23, hexadecimal digits elsewhere.
+func lowerGUID(s string, out *[36]byte) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < 36; i++ {
+		c := s[i]
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case c >= '0' && c <= '9', c >= 'a' && c <= 'f':
+		case c >= 'A' && c <= 'F':
+			c += 'a' - 'A'
+		default:
+			return false
+		}
+		out[i] = c
+	}
+	return true
 }
 
 // String returns the id in lower case, 8-4-4-4-12.

@@ -292,6 +292,10 @@ const slowStartWindow = 500 * time.Millisecond
 // burst allows a tenth of a second's calls at once, at least one.
 func burst(r float64) int { return max(1, int(r/10)) }
 
+// Fixed returns a limiter of r calls per second with the burst the adaptive limiter uses
+// at that rate (a tenth of a second's calls, at least one): REPROCESSOR_RATE set to a number.
+func Fixed(r float64) *rate.Limiter { return rate.NewLimiter(rate.Limit(r), burst(r)) }
+
 func clamp(v, lo, hi float64) float64 { return max(lo, min(hi, v)) }
 
 func round(v float64) float64 { return math.Round(v*100) / 100 }

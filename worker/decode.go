@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"unicode/utf8"
+
+	"github.com/reprocessor/reprocessor/idlist"
 )
 
 // MaxPayload is the largest request payload accepted, in bytes (DESIGN section 2).
@@ -41,7 +43,7 @@ func Decode(data []byte) (Request, error) {
 		return Request{}, &DecodeError{CodeInvalidPayload, "empty payload"}
 	}
 	if len(trimmed) == 36 { // the common case, a bare GUID: nothing below could refuse it
-		if id, ok := NormalizeID(string(trimmed)); ok {
+		if id, ok := idlist.Normalize(string(trimmed)); ok {
 			return Request{ID: id}, nil
 		}
 	}
@@ -62,7 +64,7 @@ func Decode(data []byte) (Request, error) {
 	if fields := bytes.Fields(trimmed); len(fields) > 1 {
 		ids := 0
 		for _, f := range fields {
-			if _, ok := NormalizeID(string(f)); ok {
+			if _, ok := idlist.Normalize(string(f)); ok {
 				ids++
 			}
 		}
@@ -70,7 +72,7 @@ func Decode(data []byte) (Request, error) {
 			return Request{}, &DecodeError{CodeInvalidPayload, fmt.Sprintf("%d ids in one message: send one id per message", ids)}
 		}
 	}
-	id, ok := NormalizeID(string(trimmed))
+	id, ok := idlist.Normalize(string(trimmed))
 	if !ok {
 		return Request{}, &DecodeError{CodeInvalidID, "not an assignment id (a GUID such as 0c5a5b2e-7f1c-4b4e-9a53-6a1f0e0d9b12): " + quote(trimmed)}
 	}
@@ -104,7 +106,7 @@ func decodeJSON(data []byte) (Request, error) {
 	if jr.ID == nil {
 		return Request{}, &DecodeError{CodeInvalidPayload, "JSON object has no \"id\" member"}
 	}
-	id, ok := NormalizeID(*jr.ID)
+	id, ok := idlist.Normalize(*jr.ID)
 	if !ok {
 		return Request{}, &DecodeError{CodeInvalidID, "\"id\" is not an assignment id (a GUID such as 0c5a5b2e-7f1c-4b4e-9a53-6a1f0e0d9b12): " + quote([]byte(*jr.ID))}
 	}
@@ -136,30 +138,6 @@ func checkSingleID(data []byte) error {
 		return &DecodeError{CodeInvalidPayload, "JSON object has more than one \"id\" member: send one id per message"}
 	}
 	return nil
-}
-
-// NormalizeID returns s in lower case if it is exactly a GUID in the 8-4-4-4-12 form.
-func NormalizeID(s string) (string, bool) {
-	if len(s) != 36 {
-		return "", false
-	}
-	var b [36]byte
-	for i := 0; i < 36; i++ {
-		c := s[i]
-		switch {
-		case i == 8 || i == 13 || i == 18 || i == 23:
-			if c != '-' {
-				return "", false
-			}
-		case c >= '0' && c <= '9', c >= 'a' && c <= 'f':
-		case c >= 'A' && c <= 'F':
-			c += 'a' - 'A'
-		default:
-			return "", false
-		}
-		b[i] = c
-	}
-	return string(b[:]), true
 }
 
 // quote shows at most 80 bytes of untrusted input, escaped.

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/reprocessor/reprocessor/idlist"
 )
 
 // State tracking (DESIGN section 5): after a request ends accepted, a Check goes onto the
@@ -15,15 +17,27 @@ import (
 // differs from the last one seen, and comes back later while the state is unsettled, until
 // the state settles or the deadline passes.
 
+// Assignment states, as v1.0 spells them (Graph's closed enum accessPackageAssignmentState;
+// beta's PascalCase values are mapped to these by the Graph client; any other value is
+// kept as it is).
+const (
+	StateDelivering         = "delivering"
+	StatePartiallyDelivered = "partiallyDelivered"
+	StateDelivered          = "delivered"
+	StateExpired            = "expired"
+	StateDeliveryFailed     = "deliveryFailed"
+	StateUnknownFutureValue = "unknownFutureValue"
+)
+
 // StateNotFound is the state reported when the assignment no longer exists (Graph 404).
 const StateNotFound = "notFound"
 
 // SettledStates are the states that end tracking.
-var SettledStates = []string{"delivered", "partiallyDelivered", "deliveryFailed", "expired", StateNotFound}
+var SettledStates = []string{StateDelivered, StatePartiallyDelivered, StateDeliveryFailed, StateExpired, StateNotFound}
 
 // KnownStates are the state values with their own label in the state-change metric; any
 // other value is counted as "other".
-var KnownStates = []string{"delivering", "partiallyDelivered", "delivered", "expired", "deliveryFailed", "unknownFutureValue", StateNotFound}
+var KnownStates = []string{StateDelivering, StatePartiallyDelivered, StateDelivered, StateExpired, StateDeliveryFailed, StateUnknownFutureValue, StateNotFound}
 
 func settled(state string) bool {
 	for _, s := range SettledStates {
@@ -152,7 +166,7 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 	d := m.Delivery()
 	var c Check
 	err := json.Unmarshal(d.Data, &c)
-	id, validID := NormalizeID(c.AssignmentID)
+	id, validID := idlist.Normalize(c.AssignmentID)
 	if err != nil || !validID || c.RequestStream == "" || len(c.RequestStream) > 255 || c.RequestSeq == 0 {
 		// Only the worker writes checks; one that is not its own is dropped, never followed.
 		w.log.Error("dropping an unreadable state check", "stream_seq", d.StreamSeq, "err", err)

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -388,7 +389,7 @@ func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, s
 	}
 	defer gt.Close()
 	if f.throttle > 0 {
-		gt.SetRateLimit(f.throttle, cmpOr(f.burst, max(1, int(f.throttle/10))))
+		gt.SetRateLimit(f.throttle, cmp.Or(f.burst, max(1, int(f.throttle/10))))
 	}
 	dir, err := os.MkdirTemp("", "reprocessor-bench-")
 	if err != nil {
@@ -530,13 +531,6 @@ func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, s
 		res.RatioToBarePublish = res.IdsPerSecond / perSec
 	}
 	return res, nil
-}
-
-func cmpOr(a, b int) int {
-	if a != 0 {
-		return a
-	}
-	return b
 }
 
 // publishIDs publishes the first n bench ids to subject with asynchronous JetStream acks

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/reprocessor/reprocessor/graph/graphtest"
+	"github.com/reprocessor/reprocessor/idlist"
 	"github.com/reprocessor/reprocessor/queue"
 	"github.com/reprocessor/reprocessor/worker"
 )
@@ -219,7 +220,7 @@ func (d *demo) produce(ctx context.Context, nc *nats.Conn, subject string, count
 		case <-tick.C:
 		}
 		p := samplePayload(i, rnd, prev)
-		if _, ok := worker.NormalizeID(p); ok {
+		if _, ok := idlist.Normalize(p); ok {
 			prev = p
 		}
 		if _, err := js.Publish(ctx, subject, []byte(p)); err != nil {

@@ -27,6 +27,7 @@ import (
 	"github.com/reprocessor/reprocessor/idlist"
 	"github.com/reprocessor/reprocessor/metrics"
 	"github.com/reprocessor/reprocessor/queue"
+	"github.com/reprocessor/reprocessor/ratelimit"
 	"github.com/reprocessor/reprocessor/worker"
 )
 
@@ -358,7 +359,7 @@ func (e *enqueuer) run(ctx context.Context) int {
 		}
 		if code == exitOK && e.f.waitSettled {
 			for st, n := range s.States {
-				if n > 0 && st != graph.StateDelivered {
+				if n > 0 && st != worker.StateDelivered {
 					code = exitNotAllAccepted
 				}
 			}
@@ -514,7 +515,7 @@ func (e *enqueuer) listGraph(ctx context.Context, fn func(idlist.ID) error) erro
 		// than the auto rate's starting point; Retry-After is honoured on top.
 		limiter = rate.NewLimiter(rate.Limit(e.cfg.RateInitial), 1)
 	case e.cfg.Rate > 0:
-		limiter = rate.NewLimiter(rate.Limit(e.cfg.Rate), max(1, int(e.cfg.Rate/10)))
+		limiter = ratelimit.Fixed(e.cfg.Rate)
 	}
 	return bulk.ListFromGraph(ctx, client, bulk.ListConfig{
 		Query:   graph.ListQuery{State: e.f.state, AccessPackageID: e.f.accessPackage, Filter: e.f.filter, Top: 999},

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"golang.org/x/time/rate"
 
 	"github.com/reprocessor/reprocessor/metrics"
 	"github.com/reprocessor/reprocessor/queue"
@@ -48,7 +47,7 @@ func startRateControl(cfg Config, nc *nats.Conn, m *metrics.Metrics, log *slog.L
 		}
 		rc.limiter, rc.adaptive = a, a
 	case cfg.Rate > 0:
-		rc.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), max(1, int(cfg.Rate/10)))
+		rc.limiter = ratelimit.Fixed(cfg.Rate)
 		m.SetRateLimit(cfg.Rate)
 	default:
 		m.SetRateLimit(0)

@@ -11,6 +11,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/reprocessor/reprocessor/idlist"
 )
 
 const (
@@ -428,18 +430,6 @@ func (e filterError) Error() string { return string(e) }
 const errBadFilter = filterError("only clauses field eq 'value' on state, assignmentState, accessPackage/id or accessPackageId, joined by and, are supported")
 
 func validID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if i == 8 || i == 13 || i == 18 || i == 23 {
-			if c != '-' {
-				return false
-			}
-		} else if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
+	_, ok := idlist.Parse(s)
+	return ok
 }
