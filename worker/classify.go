@@ -7,7 +7,8 @@ import (
 )
 
 // verdict is what one Graph answer means for the request, the closed set every answer is
-// classified into. decide maps each verdict to ack, retry or nak in one place.
+// classified into. decide (decide.go) maps each verdict to what is done with a request and
+// with a state check, in one table.
 type verdict int
 
 const (

@@ -209,44 +209,41 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 		return
 	}
 	a, resp, err := w.deps.States.GetAssignment(work, c.AssignmentID)
-	w.feedback(resp, classify(resp, err))
+	cl := classify(resp, err)
+	w.feedback(resp, cl)
 	for range resp.AuthRetries {
 		w.obs.Retry(RetryUnauthorized)
 	}
 	state, status := cutField(a.State, MaxFieldBytes), cutField(a.Status, MaxFieldBytes)
 	if err == nil && resp.Status == http.StatusNotFound {
-		state, status = StateNotFound, graphDetail(resp)
-	} else {
-		cl := classify(resp, err)
-		switch cl.verdict {
-		case verdictAccepted:
-		case verdictCredential:
-			w.circuit.abandon(probe)
-			w.handBack(m, d, 5*time.Second, "no Graph token")
-			return
-		case verdictForbidden:
-			w.circuit.record(true, probe)
-			w.handBack(m, d, max(w.cfg.CircuitCooldown, v.FirstDelay), cl.detail)
-			return
-		case verdictThrottled, verdictRetry:
-			w.circuit.record(false, probe)
-			w.obs.Retry(cl.reason)
-			delay := w.cfg.Backoff.Delay(int(min(d.NumDelivered, 30)), resp, w.cfg.Rand)
-			w.handBack(m, d, max(delay, 100*time.Millisecond), cl.detail)
-			return
-		default: // another 4xx: the state cannot be read, so tracking ends here
-			w.circuit.record(false, probe)
-			last := c.LastState
-			if last == "" {
-				last = "unknown"
-			}
-			ev := w.stateEvent(&c, "final", last, "tracking stopped: "+cl.detail, false, resp, now)
-			ev.Data.PreviousState, ev.Data.Final = last, true
-			w.publishAndAck(work, m, d, ev)
-			return
-		}
+		// The assignment is gone: a state of its own, not an unreadable answer.
+		cl, state, status = classification{verdict: verdictAccepted}, StateNotFound, graphDetail(resp)
 	}
-	w.circuit.record(false, probe)
+	wasOpen, _ := w.circuit.state()
+	dec := decide(cl.verdict, wasOpen)
+	w.applyCircuit(dec.circuit, probe)
+	switch dec.check {
+	case actHoldToken:
+		w.handBack(m, d, 5*time.Second, "no Graph token")
+		return
+	case actHoldCircuit:
+		w.handBack(m, d, max(w.cfg.CircuitCooldown, v.FirstDelay), cl.detail)
+		return
+	case actRetry:
+		w.obs.Retry(cl.reason)
+		delay := w.cfg.Backoff.Delay(int(min(d.NumDelivered, 30)), resp, w.cfg.Rand)
+		w.handBack(m, d, max(delay, 100*time.Millisecond), cl.detail)
+		return
+	case actStop:
+		last := c.LastState
+		if last == "" {
+			last = "unknown"
+		}
+		ev := w.stateEvent(&c, "final", last, "tracking stopped: "+cl.detail, false, resp, now)
+		ev.Data.PreviousState, ev.Data.Final = last, true
+		w.publishAndAck(work, m, d, ev)
+		return
+	}
 	done := settled(state)
 	changed := state != c.LastState
 	if changed || (done && c.Changes == 0) {

@@ -547,8 +547,10 @@ func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began 
 		}
 		c := classify(resp, err)
 		w.feedback(resp, c)
-		if c.verdict == verdictCredential {
-			w.circuit.abandon(probe)
+		wasOpen, _ := w.circuit.state()
+		dec := decide(c.verdict, wasOpen)
+		w.applyCircuit(dec.circuit, probe)
+		if dec.request == actHoldToken {
 			if !w.credDown.Swap(true) {
 				w.log.Warn("no Graph token: holding messages and pausing fetches until one is obtained", "err", err)
 			}
@@ -563,29 +565,15 @@ func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began 
 		}
 		attempts++
 		res = result{resp: resp, attempts: attempts, code: c.code, detail: c.detail, before: before}
-		switch c.verdict {
-		case verdictAccepted:
-			w.circuit.record(false, probe)
-			res.kind = KindAccepted
+		switch dec.request {
+		case actSettle:
+			res.kind = dec.kind
 			return res, 0, true
-		case verdictPermanent:
-			w.circuit.record(false, probe)
-			res.kind = KindFailed
-			return res, 0, true
-		case verdictForbidden:
-			wasOpen, _ := w.circuit.state()
-			w.circuit.record(true, probe)
-			if !wasOpen {
-				res.kind = KindFailed
-				return res, 0, true
-			}
-			// The circuit was already open: this answer says nothing about this message. Hold
-			// it until a probe gets through.
+		case actHoldCircuit:
 			w.logFor(d, req).Debug("Graph refused while the circuit is open: holding the message", "status", resp.Status)
 			continue
 		}
-		// verdictThrottled, verdictRetry
-		w.circuit.record(false, probe)
+		// actRetry
 		retries++
 		w.obs.Retry(c.reason)
 		delay := w.cfg.Backoff.Delay(retries, resp, w.cfg.Rand)
