@@ -166,6 +166,9 @@ func TestDockerfileBuildsStampedStaticBinary(t *testing.T) {
 		t.Error("Dockerfile: the runtime stage does not run as USER 65532:65532")
 	}
 
+	if testing.Short() {
+		t.Skip("the rest builds the binary: CI runs it, -short does not")
+	}
 	bin := buildWorker(t)
 	out, err := exec.Command(bin, "version").CombinedOutput()
 	if err != nil {

@@ -451,6 +451,9 @@ func (p promClient) scalar(ctx context.Context, expr string) (float64, error) {
 // Prometheus that loads the alert rules, and evaluates every dashboard query and alert
 // expression through the HTTP API.
 func TestDashboardAndAlertsOnLiveWorker(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a worker and Prometheus's rule tests: CI runs it, -short does not")
+	}
 	t.Parallel()
 	promBin := requireTool(t, "prometheus")
 	worker := buildWorker(t)

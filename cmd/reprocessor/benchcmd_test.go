@@ -127,6 +127,9 @@ func TestMedian(t *testing.T) {
 // but exitOK fails the test.
 func benchOK(t *testing.T, args ...string) []byte {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("a bench run: CI runs it, -short does not")
+	}
 	var out, errOut bytes.Buffer
 	if code := run(context.Background(), append([]string{"bench"}, args...), env{}.get, &out, &errOut); code != exitOK {
 		t.Fatalf("exit %d: %s", code, errOut.String())

@@ -359,6 +359,9 @@ type child struct {
 // running, when the test ends; its output is logged if the test failed.
 func (s *system) startChild(t *testing.T, name string, overrides env) *child {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("runs worker processes: CI runs it, -short does not")
+	}
 	caFile, err := s.gt.WriteCAFile(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
