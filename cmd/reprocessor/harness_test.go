@@ -31,7 +31,6 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m,
 		// The HTTP/2 client transport keeps a read loop per idle connection until it closes.
 		goleak.IgnoreTopFunction("net/http.(*http2ClientConn).readLoop"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
 	)
 }
 
