@@ -108,7 +108,7 @@ func (q *Queue) streamConfigs() []jetstream.StreamConfig {
 		},
 		{
 			Name:        c.VerifyStream,
-			Description: "reprocessor: state checks of accepted requests (DESIGN section 5)",
+			Description: "reprocessor: state checks of accepted requests",
 			Subjects:    []string{q.verifySubject},
 			Retention:   jetstream.WorkQueuePolicy,
 			Storage:     jetstream.FileStorage,
