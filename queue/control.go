@@ -46,7 +46,7 @@ type ControlConfig struct {
 	// Rate is this replica's adaptive limiter; nil when the rate is fixed, and then only
 	// pauses are shared.
 	Rate SharedRate
-	// Pause applies a pause heard from another replica (worker.Worker.PauseUntil).
+	// Pause applies a pause heard from another replica (worker.Gate.PauseUntil).
 	Pause  func(until time.Time)
 	Logger *slog.Logger
 	Now    func() time.Time // default time.Now
@@ -167,7 +167,7 @@ func (c *Control) SharePause(until time.Time) {
 }
 
 // ShareCut tells the other replicas that this one cut its rate on a throttled answer
-// (ratelimit.Config.OnCut).
+// (worker.Gate.Cut passes on ratelimit.Config.OnCut).
 func (c *Control) ShareCut(float64) { c.publish(c.throttl, controlMsg{Kind: "cut"}) }
 
 // Replicas returns the number of live replicas, this one included.

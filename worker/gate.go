@@ -6,18 +6,79 @@ import (
 	"time"
 )
 
-// gate is the process-wide throttle gate: a Retry-After seen by any caller pauses every
-// caller until it has passed. Pauses only ever extend.
-type gate struct {
-	mu    sync.Mutex
-	until time.Time
-	now   func() time.Time
-	obs   Observer
+// Gate is the process-wide throttle gate: a Retry-After seen by any caller, or heard from
+// another replica of the deployment, pauses every Graph call of the process until it has
+// passed. Pauses only ever extend, and none lasts longer than MaxPause.
+//
+// It is the one owner of what the replicas share: build it first (NewGate), hand it to the
+// worker (Deps.Gate) and to replica control (whose pauses go to PauseUntil), let the
+// adaptive limiter report its cuts to Cut, and give it the control to tell (ShareWith) once
+// that runs. Nothing is then wired through a closure declared before its target, and a
+// pause heard before the worker runs is kept.
+type Gate struct {
+	now func() time.Time
+	obs Observer
+
+	mu     sync.Mutex
+	until  time.Time
+	sharer Sharer // nil until ShareWith
+}
+
+// Sharer tells the other replicas of a deployment what this one heard from Graph.
+type Sharer interface {
+	// SharePause tells them to pause until the given time (a Retry-After).
+	SharePause(until time.Time)
+	// ShareCut tells them this replica cut its adaptive rate to rate on a throttled answer.
+	ShareCut(rate float64)
+}
+
+// NewGate returns an open gate. now and obs may be nil (time.Now, nothing observed).
+func NewGate(now func() time.Time, obs Observer) *Gate {
+	if now == nil {
+		now = time.Now
+	}
+	if obs == nil {
+		obs = nopObserver{}
+	}
+	return &Gate{now: now, obs: obs}
+}
+
+// ShareWith makes the gate tell s of the pauses and cuts this process hears from now on.
+func (g *Gate) ShareWith(s Sharer) {
+	g.mu.Lock()
+	g.sharer = s
+	g.mu.Unlock()
+}
+
+// PauseUntil closes the gate until t, unless it is already closed for longer: a pause heard
+// from another replica. It is not shared again.
+func (g *Gate) PauseUntil(t time.Time) { g.pauseUntil(t) }
+
+// Cut tells the other replicas that this process cut its adaptive rate to rate
+// (ratelimit.Config.OnCut).
+func (g *Gate) Cut(rate float64) {
+	if s := g.share(); s != nil {
+		s.ShareCut(rate)
+	}
+}
+
+// throttled closes the gate until t for a Retry-After this process was given, and shares it.
+func (g *Gate) throttled(t time.Time) {
+	g.pauseUntil(t)
+	if s := g.share(); s != nil {
+		s.SharePause(t)
+	}
+}
+
+func (g *Gate) share() Sharer {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.sharer
 }
 
 // pauseUntil closes the gate until t, unless it is already closed for longer. A pause
 // longer than MaxPause is cut to MaxPause.
-func (g *gate) pauseUntil(t time.Time) {
+func (g *Gate) pauseUntil(t time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if limit := g.now().Add(MaxPause); t.After(limit) {
@@ -32,7 +93,7 @@ func (g *gate) pauseUntil(t time.Time) {
 }
 
 // wait blocks until the gate is open or ctx is done.
-func (g *gate) wait(ctx context.Context) error {
+func (g *Gate) wait(ctx context.Context) error {
 	var waited time.Duration
 	defer func() {
 		if waited > 0 {
@@ -63,7 +124,7 @@ func (g *gate) wait(ctx context.Context) error {
 }
 
 // closed reports whether the gate is closed now.
-func (g *gate) closed() bool {
+func (g *Gate) closed() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.until.After(g.now())

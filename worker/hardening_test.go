@@ -200,7 +200,7 @@ func TestRedirectFails(t *testing.T) {
 func TestPauseIsCapped(t *testing.T) {
 	t.Parallel()
 	now := time.Unix(1_000_000, 0)
-	g := &gate{now: func() time.Time { return now }, obs: nopObserver{}}
+	g := NewGate(func() time.Time { return now }, nil)
 	g.pauseUntil(now.Add(10 * 365 * 24 * time.Hour))
 	if g.until.Sub(now) != MaxPause {
 		t.Fatalf("paused for %s", g.until.Sub(now))

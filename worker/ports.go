@@ -125,12 +125,6 @@ type RateFeedback interface {
 // replica of the deployment, asking for longer is taken as asking for this long.
 const MaxPause = time.Hour
 
-// PauseSharer tells the other replicas of a deployment about a Retry-After pause, so that
-// they pause too; the adapter calls Worker.PauseUntil on the replicas that hear of it.
-type PauseSharer interface {
-	SharePause(until time.Time)
-}
-
 // Observer receives what the worker does, for metrics. Implementations must be safe for
 // concurrent use and cheap.
 type Observer interface {

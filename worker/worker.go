@@ -86,7 +86,7 @@ type Deps struct {
 	Limiter     Limiter      // nil: no rate limit
 	Observer    Observer     // nil: nothing observed
 	Hold        func() error // optional: while it returns an error, nothing is fetched (e.g. no Graph token yet)
-	Pauses      PauseSharer  // optional: shares Retry-After pauses with other replicas
+	Gate        *Gate        // optional: the process's throttle gate, shared with replica control; default a gate of its own
 
 	// State tracking, required when Config.Verify.Enabled.
 	Checks    Source         // the verify work queue
@@ -101,7 +101,7 @@ type Worker struct {
 	log  *slog.Logger
 	obs  Observer
 
-	gate     *gate
+	gate     *Gate
 	circuit  *circuit
 	co       *coalescer
 	attempts attemptLog
@@ -186,12 +186,15 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 		deps:     deps,
 		log:      cfg.Logger,
 		obs:      obs,
-		gate:     &gate{now: cfg.Now, obs: obs},
+		gate:     deps.Gate,
 		circuit:  newCircuit(cfg.CircuitThreshold, cfg.CircuitCooldown, cfg.Now, obs),
 		co:       newCoalescer(max(cfg.CoalesceWindow, 0)),
 		attempts: attemptLog{m: make(map[msgKey]attemptEntry)},
 		beats:    heartbeats{m: make(map[Message]time.Time)},
 		poolStop: make(chan struct{}),
+	}
+	if w.gate == nil {
+		w.gate = NewGate(cfg.Now, obs)
 	}
 	w.requests = newPump("requests", deps.Source, cfg.Concurrency, w.allowed, w.handle, true)
 	if cfg.Verify.Enabled {
@@ -203,8 +206,8 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 }
 
 // PauseUntil pauses every Graph call of this process until t: another replica of the
-// deployment saw a Retry-After.
-func (w *Worker) PauseUntil(t time.Time) { w.gate.pauseUntil(t) }
+// deployment saw a Retry-After. (Replica control calls the Gate's PauseUntil directly.)
+func (w *Worker) PauseUntil(t time.Time) { w.gate.PauseUntil(t) }
 
 // feedback passes a Graph answer on to an adaptive limiter, and turns a Retry-After on a
 // 429, 503 or 504 into a pause of the whole process, shared with the other replicas.
@@ -223,11 +226,7 @@ func (w *Worker) feedback(resp Response, c classification) {
 		}
 	}
 	if throttled && retryAfter {
-		until := w.cfg.Now().Add(min(resp.RetryAfter, MaxPause))
-		w.gate.pauseUntil(until)
-		if w.deps.Pauses != nil {
-			w.deps.Pauses.SharePause(until)
-		}
+		w.gate.throttled(w.cfg.Now().Add(min(resp.RetryAfter, MaxPause)))
 	}
 }
 

@@ -322,14 +322,18 @@ func (p *pauseRecorder) SharePause(until time.Time) {
 	p.mu.Unlock()
 }
 
+func (p *pauseRecorder) ShareCut(float64) {}
+
 func TestFeedbackAndSharedPauses(t *testing.T) {
 	t.Parallel()
 	lim, pauses := &feedbackLimiter{}, &pauseRecorder{}
 	var mu sync.Mutex
 	calls := 0
 	src, sk := &fakeSource{ch: make(chan Message, 10)}, &sink{}
+	gate := NewGate(nil, nil)
+	gate.ShareWith(pauses)
 	w, err := New(Config{Concurrency: 1, Backoff: Backoff{Initial: time.Millisecond, Max: time.Millisecond}}, Deps{
-		Source: src, Events: sk, DeadLetters: sk, Limiter: lim, Pauses: pauses,
+		Source: src, Events: sk, DeadLetters: sk, Limiter: lim, Gate: gate,
 		Graph: graphFunc(func(ctx context.Context, id string) (Response, error) {
 			mu.Lock()
 			defer mu.Unlock()

@@ -198,7 +198,7 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 		Events:      q,
 		DeadLetters: q,
 		Limiter:     rc.limiter,
-		Pauses:      rc.control,
+		Gate:        rc.gate,
 		Observer:    m,
 		Checks:      q.Checks(),
 		Scheduler:   q,
@@ -214,7 +214,6 @@ func runWorker(ctx context.Context, cfg Config, log *slog.Logger, getenv func(st
 		return err
 	}
 
-	rc.attach(w)
 	wReady.Store(w)
 	pollCtx, stopPoll := context.WithCancel(context.WithoutCancel(ctx))
 	pollDone := make(chan struct{})

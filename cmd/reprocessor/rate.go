@@ -3,8 +3,6 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"sync"
-	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -16,22 +14,20 @@ import (
 
 // rateControl is the worker's Graph rate limiter and its coordination with the other
 // replicas of the deployment: pauses are shared whatever the rate; with REPROCESSOR_RATE=auto
-// the adaptive limiter's cuts and each replica's share of the rate are too.
+// the adaptive limiter's cuts and each replica's share of the rate are too. The throttle
+// gate is their one owner: replica control pauses it, the adaptive limiter reports its cuts
+// to it, and it tells replica control what this process heard.
 type rateControl struct {
+	gate     *worker.Gate
 	limiter  worker.Limiter // nil: unlimited
 	adaptive *ratelimit.Adaptive
 	control  *queue.Control
-
-	mu      sync.Mutex
-	w       *worker.Worker
-	pending time.Time // a pause heard before the worker existed
 }
 
-// startRateControl builds the limiter the configuration asks for and joins the
+// startRateControl builds the gate and the limiter the configuration asks for and joins the
 // deployment's control subjects on nc. Close leaves them.
 func startRateControl(cfg Config, nc *nats.Conn, m *metrics.Metrics, log *slog.Logger) (*rateControl, error) {
-	rc := &rateControl{}
-	var cutShare func(float64)
+	rc := &rateControl{gate: worker.NewGate(nil, m)}
 	switch {
 	case cfg.RateAuto:
 		a, err := ratelimit.New(ratelimit.Config{
@@ -40,7 +36,7 @@ func startRateControl(cfg Config, nc *nats.Conn, m *metrics.Metrics, log *slog.L
 			Step:     cfg.RateStep,
 			Logger:   log,
 			OnChange: m.SetRateLimit,
-			OnCut:    func(r float64) { cutShare(r) },
+			OnCut:    rc.gate.Cut,
 		})
 		if err != nil {
 			return nil, err
@@ -55,7 +51,7 @@ func startRateControl(cfg Config, nc *nats.Conn, m *metrics.Metrics, log *slog.L
 	cc := queue.ControlConfig{
 		Prefix:   cfg.SubjectPrefix,
 		Instance: cfg.Instance,
-		Pause:    rc.pause,
+		Pause:    rc.gate.PauseUntil,
 		Logger:   log.With("component", "replicas"),
 	}
 	if rc.adaptive != nil {
@@ -66,7 +62,7 @@ func startRateControl(cfg Config, nc *nats.Conn, m *metrics.Metrics, log *slog.L
 		return nil, fmt.Errorf("share throttling with other replicas: %w", err)
 	}
 	rc.control = c
-	cutShare = c.ShareCut
+	rc.gate.ShareWith(c)
 	return rc, nil
 }
 
@@ -79,29 +75,6 @@ func (rc *rateControl) describe(cfg Config) any {
 		return cfg.Rate
 	}
 	return "unlimited"
-}
-
-// attach gives the worker the pauses heard from other replicas, including one heard before.
-func (rc *rateControl) attach(w *worker.Worker) {
-	rc.mu.Lock()
-	rc.w = w
-	pending := rc.pending
-	rc.mu.Unlock()
-	if pending.After(time.Now()) {
-		w.PauseUntil(pending)
-	}
-}
-
-func (rc *rateControl) pause(until time.Time) {
-	rc.mu.Lock()
-	w := rc.w
-	if w == nil {
-		rc.pending = until
-	}
-	rc.mu.Unlock()
-	if w != nil {
-		w.PauseUntil(until)
-	}
 }
 
 // Close leaves the deployment's control subjects, handing this replica's share of the rate
