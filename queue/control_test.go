@@ -206,14 +206,7 @@ func TestParseControl(t *testing.T) {
 // TestControlPeersAreBounded: a flood of made-up replicas is counted up to a bound.
 func TestControlPeersAreBounded(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t, t.TempDir())
-	nc, _ := connect(t, srv.ClientURL())
-	c, err := StartControl(nc, ControlConfig{Prefix: "t", Pause: func(time.Time) {}, Interval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	attacker, _ := connect(t, srv.ClientURL())
+	c, attacker := controlUnderAttack(t)
 	for i := range 2 * maxPeers {
 		msg := fmt.Sprintf(`{"kind":"beat","id":"%016x"}`, i+1)
 		if err := attacker.Publish("t.control.replicas", []byte(msg)); err != nil {
@@ -230,14 +223,7 @@ func TestControlPeersAreBounded(t *testing.T) {
 // an interval, not once each.
 func TestControlHelloFloodIsNotEchoed(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t, t.TempDir())
-	nc, _ := connect(t, srv.ClientURL())
-	c, err := StartControl(nc, ControlConfig{Prefix: "t", Pause: func(time.Time) {}, Interval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	attacker, _ := connect(t, srv.ClientURL())
+	c, attacker := controlUnderAttack(t)
 	beats, err := attacker.SubscribeSync("t.control.replicas")
 	if err != nil {
 		t.Fatal(err)
@@ -264,4 +250,19 @@ func TestControlHelloFloodIsNotEchoed(t *testing.T) {
 	if answers > 5 {
 		t.Fatalf("%d answers to 500 hellos", answers)
 	}
+}
+
+// controlUnderAttack starts a lone replica's Control (heartbeats an hour apart, so that
+// only what is sent to it makes it speak) and a connection that sends it what it likes.
+func controlUnderAttack(t *testing.T) (*Control, *nats.Conn) {
+	t.Helper()
+	srv := startServer(t, t.TempDir())
+	nc, _ := connect(t, srv.ClientURL())
+	c, err := StartControl(nc, ControlConfig{Prefix: "t", Pause: func(time.Time) {}, Interval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	attacker, _ := connect(t, srv.ClientURL())
+	return c, attacker
 }
