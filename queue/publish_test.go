@@ -248,24 +248,11 @@ func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
 func TestDeadLetterNearPayloadLimit(t *testing.T) {
 	t.Parallel()
 	f := setup(t, Config{FetchMaxWait: 300 * time.Millisecond})
-	ctx := testContext(t)
 	limit := int(f.js.Conn().MaxPayload())
 	big := bytes.Repeat([]byte("x"), limit-64)
 	f.publishRequest(t, big, nil)
-	msgs := fetch(t, f.q, 1)
 	long := worker.DeadLetter{Code: worker.CodePayloadTooLarge, Detail: strings.Repeat("detail ", 100), Attempts: 0}
-	if err := f.q.DeadLetter(ctx, msgs[0].Delivery(), long); err != nil {
-		t.Fatalf("dead-letter: %v", err)
-	}
-	ack(t, msgs...)
-	s, err := f.js.Stream(ctx, DefaultDLQStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := s.GetMsg(ctx, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := f.deadLetterFirst(t, long)
 	if got := raw.Header.Get(HeaderTruncated); got != itoa(uint64(len(big))) {
 		t.Fatalf("%s = %q, want %d", HeaderTruncated, got, len(big))
 	}
@@ -280,26 +267,12 @@ func TestDeadLetterNearPayloadLimit(t *testing.T) {
 func TestDeadLetterWithHugeHeaders(t *testing.T) {
 	t.Parallel()
 	f := setup(t, Config{FetchMaxWait: 300 * time.Millisecond})
-	ctx := testContext(t)
 	h := nats.Header{}
 	for i := range 64 { // 65,356 bytes of headers: the request fits, its copy would not
 		h.Set(fmt.Sprintf("X-Padding-%02d", i), strings.Repeat("p", 1005))
 	}
 	f.publishRequest(t, []byte("0f8fad5b-d9cb-469f-a165-70867728950e"), h)
-	msgs := fetch(t, f.q, 1)
-	dl := worker.DeadLetter{Code: worker.CodeNotFound, Detail: "no such assignment", Attempts: 1}
-	if err := f.q.DeadLetter(ctx, msgs[0].Delivery(), dl); err != nil {
-		t.Fatalf("dead-letter: %v", err)
-	}
-	ack(t, msgs...)
-	s, err := f.js.Stream(ctx, DefaultDLQStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := s.GetMsg(ctx, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := f.deadLetterFirst(t, worker.DeadLetter{Code: worker.CodeNotFound, Detail: "no such assignment", Attempts: 1})
 	if raw.Header.Get(HeaderError) != worker.CodeNotFound || raw.Header.Get(HeaderHeadersDropped) == "" {
 		t.Fatalf("headers %v", raw.Header)
 	}
@@ -352,4 +325,25 @@ func TestEventTooLargeIsCut(t *testing.T) {
 	if _, err := f.q.PublishEvent(ctx, e); !errors.Is(err, worker.ErrUnstorable) {
 		t.Fatalf("publish into 64 bytes: %v, want ErrUnstorable", err)
 	}
+}
+
+// deadLetterFirst fetches the one queued request, dead-letters it with dl, acks it and
+// returns the dead letter as the stream stored it.
+func (f fixture) deadLetterFirst(t *testing.T, dl worker.DeadLetter) *jetstream.RawStreamMsg {
+	t.Helper()
+	ctx := testContext(t)
+	msgs := fetch(t, f.q, 1)
+	if err := f.q.DeadLetter(ctx, msgs[0].Delivery(), dl); err != nil {
+		t.Fatalf("dead-letter: %v", err)
+	}
+	ack(t, msgs...)
+	s, err := f.js.Stream(ctx, DefaultDLQStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := s.GetMsg(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
 }

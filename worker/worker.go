@@ -205,10 +205,6 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 	return w, nil
 }
 
-// PauseUntil pauses every Graph call of this process until t: another replica of the
-// deployment saw a Retry-After. (Replica control calls the Gate's PauseUntil directly.)
-func (w *Worker) PauseUntil(t time.Time) { w.gate.PauseUntil(t) }
-
 // feedback passes a Graph answer on to an adaptive limiter, and turns a Retry-After on a
 // 429, 503 or 504 into a pause of the whole process, shared with the other replicas.
 func (w *Worker) feedback(resp Response, c classification) {

@@ -369,7 +369,7 @@ func TestFeedbackAndSharedPauses(t *testing.T) {
 		t.Fatalf("%d pauses shared, want 1 (only a Retry-After is shared)", len(pauses.pauses))
 	}
 	// A pause heard from another replica holds this one's calls.
-	w.PauseUntil(time.Now().Add(time.Hour))
+	gate.PauseUntil(time.Now().Add(time.Hour))
 	if !w.gate.closed() {
 		t.Fatal("PauseUntil did not close the gate")
 	}
