@@ -501,11 +501,12 @@ func (w *Worker) handle(ctx, work context.Context, m Message) {
 
 	// A request whose outcome is known but could not be stored last time is settled with
 	// that outcome, without calling Graph again.
-	if prev := w.attempts.get(key); prev.settled != nil {
+	prev := w.attempts.get(key)
+	if prev.settled != nil {
 		accepted = w.settle(work, m, d, req, *prev.settled, began) && prev.settled.kind == KindAccepted
 		return
 	}
-	res, nakDelay, terminal := w.call(ctx, work, d, req, began)
+	res, nakDelay, terminal := w.call(ctx, work, d, req, began, prev.attempts)
 	if !terminal {
 		w.handBack(m, d, nakDelay, res.detail)
 		return
@@ -514,10 +515,9 @@ func (w *Worker) handle(ctx, work context.Context, m Message) {
 }
 
 // call makes Graph calls for req until an answer settles it or the message must be handed
-// back with the returned delay.
-func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began time.Time) (res result, nakDelay time.Duration, terminal bool) {
+// back with the returned delay; attempts is the count of calls made on earlier deliveries.
+func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began time.Time, attempts int) (res result, nakDelay time.Duration, terminal bool) {
 	key := keyOf(d)
-	attempts := w.attempts.get(key).attempts
 	defer func() {
 		if !terminal {
 			w.attempts.set(key, attemptEntry{attempts: attempts})
