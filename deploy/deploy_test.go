@@ -140,7 +140,7 @@ func buildWorker(t *testing.T) string {
 
 func TestDockerfileBuildsStampedStaticBinary(t *testing.T) {
 	b := readDockerfile(t)
-	for _, want := range []string{"CGO_ENABLED=0", "go build", "-trimpath", "-X main.version=${VERSION}", "-X main.revision=${REVISION}", "./cmd/reprocessor"} {
+	for _, want := range []string{"CGO_ENABLED=0", "go build", "-trimpath", "-X github.com/reprocessor/reprocessor/version.version=${VERSION}", "-X github.com/reprocessor/reprocessor/version.revision=${REVISION}", "./cmd/reprocessor"} {
 		if !strings.Contains(b.command, want) {
 			t.Errorf("Dockerfile go build line lacks %q: %s", want, b.command)
 		}

@@ -24,7 +24,7 @@ import (
 
 	"github.com/reprocessor/reprocessor/graph"
 	"github.com/reprocessor/reprocessor/graph/graphtest"
-	"github.com/reprocessor/reprocessor/internal/testutil"
+	"github.com/reprocessor/reprocessor/internal/testsync"
 )
 
 const id1 = "0b0e8bd5-6e1f-4e0b-9c1d-1e2f3a4b5c6d"
@@ -71,7 +71,7 @@ func setup(t *testing.T, o setupOpts) *bundle {
 	return &bundle{srv: srv, cred: cred, client: client, logs: logs}
 }
 
-type syncBuffer = testutil.SyncBuffer
+type syncBuffer = testsync.SyncBuffer
 
 func TestReprocess(t *testing.T) {
 	t.Parallel()
@@ -432,7 +432,7 @@ func TestCredentialRenewsBeforeExpiry(t *testing.T) {
 
 func eventually(t *testing.T, cond func() bool) {
 	t.Helper()
-	testutil.Poll(t, "the condition", 10*time.Second, 5*time.Millisecond, cond)
+	testsync.Poll(t, "the condition", 10*time.Second, 5*time.Millisecond, cond)
 }
 
 func TestTimeout(t *testing.T) {

@@ -22,7 +22,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
 
-	"github.com/reprocessor/reprocessor/internal/testutil"
+	"github.com/reprocessor/reprocessor/internal/testsync"
 )
 
 // startAuthServer starts a plain nats-server (no JetStream) with opts adjusted by tune.
@@ -284,7 +284,7 @@ func TestConnectWaitsForLateServer(t *testing.T) {
 }
 
 // lockedBuffer is a bytes.Buffer safe for concurrent use.
-type lockedBuffer = testutil.SyncBuffer
+type lockedBuffer = testsync.SyncBuffer
 
 type errString string
 

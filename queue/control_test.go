@@ -10,7 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/reprocessor/reprocessor/internal/testutil"
+	"github.com/reprocessor/reprocessor/internal/testsync"
 	"github.com/reprocessor/reprocessor/worker"
 )
 
@@ -71,7 +71,7 @@ func startReplica(t *testing.T, url, name string, r *fakeRate) replica {
 // eventually polls cond until it holds or the test's deadline nears.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	testutil.Poll(t, what, 10*time.Second, 5*time.Millisecond, cond)
+	testsync.Poll(t, what, 10*time.Second, 5*time.Millisecond, cond)
 }
 
 func TestControlSharesPausesCutsAndReplicas(t *testing.T) {
@@ -146,7 +146,7 @@ func TestControlPauseIsCappedAndAttributed(t *testing.T) {
 	t.Parallel()
 	srv := startServer(t, t.TempDir())
 	nc, _ := connect(t, srv.ClientURL())
-	logs := &testutil.SyncBuffer{}
+	logs := &testsync.SyncBuffer{}
 	p := &pauses{}
 	c, err := StartControl(nc, ControlConfig{Prefix: "t", Pause: p.pause, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {

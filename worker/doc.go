@@ -4,5 +4,5 @@
 // per request, copying what did not succeed to the dead-letter stream.
 //
 // It imports neither NATS nor Prometheus: it declares the small interfaces it consumes
-// (ports.go) and cmd/reprocessor wires the adapters from queue/, graph/ and metrics/ in.
+// (ports.go) and service wires the adapters from queue/, graph/ and metrics/ in.
 package worker

@@ -7,7 +7,7 @@ import (
 )
 
 // This file declares what the worker consumes. Adapters live in queue/, graph/ and
-// metrics/; cmd/reprocessor wires them in.
+// metrics/; service wires them in.
 
 // Delivery describes one delivery of a request message.
 type Delivery struct {

@@ -102,18 +102,19 @@ type VerifyConfig struct {
 }
 
 func (v VerifyConfig) withDefaults() VerifyConfig {
+	d := Defaults().Verify
 	v.Concurrency = max(v.Concurrency, 0)
 	if v.Concurrency == 0 {
-		v.Concurrency = 4
+		v.Concurrency = d.Concurrency
 	}
 	if v.FirstDelay <= 0 {
-		v.FirstDelay = 5 * time.Second
+		v.FirstDelay = d.FirstDelay
 	}
 	if v.MaxDelay <= 0 {
-		v.MaxDelay = time.Minute
+		v.MaxDelay = d.MaxDelay
 	}
 	if v.Deadline <= 0 {
-		v.Deadline = 10 * time.Minute
+		v.Deadline = d.Deadline
 	}
 	return v
 }

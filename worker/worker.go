@@ -33,20 +33,46 @@ type Config struct {
 	Rand             func() float64   // [0,1); default math/rand/v2
 }
 
+// Defaults returns the value each zero field of a Config stands for: the one place the
+// worker's defaults are written (the configuration's defaults read them from here).
+func Defaults() Config {
+	return Config{
+		Source:           "reprocessor/local",
+		Concurrency:      16,
+		MaxDeliver:       5,
+		DeliveryBudget:   time.Minute,
+		Backoff:          Backoff{Initial: time.Second, Max: time.Minute},
+		CoalesceWindow:   time.Minute,
+		CircuitThreshold: 20,
+		CircuitCooldown:  30 * time.Second,
+		Heartbeat:        10 * time.Second,
+		ShutdownTimeout:  30 * time.Second,
+		ShutdownNakDelay: time.Second,
+		PublishBudget:    30 * time.Second,
+		Verify: VerifyConfig{
+			Concurrency: 4,
+			FirstDelay:  5 * time.Second,
+			MaxDelay:    time.Minute,
+			Deadline:    10 * time.Minute,
+		},
+	}
+}
+
 func (c Config) withDefaults() Config {
-	c.Source = cmp.Or(c.Source, "reprocessor/local")
-	c.Concurrency = cmp.Or(c.Concurrency, 16)
-	c.MaxDeliver = cmp.Or(c.MaxDeliver, 5)
-	c.DeliveryBudget = cmp.Or(c.DeliveryBudget, time.Minute)
-	c.Backoff.Initial = cmp.Or(c.Backoff.Initial, time.Second)
-	c.Backoff.Max = cmp.Or(c.Backoff.Max, time.Minute)
-	c.CoalesceWindow = cmp.Or(c.CoalesceWindow, time.Minute)
-	c.CircuitThreshold = cmp.Or(c.CircuitThreshold, 20)
-	c.CircuitCooldown = cmp.Or(c.CircuitCooldown, 30*time.Second)
-	c.Heartbeat = cmp.Or(c.Heartbeat, 10*time.Second)
-	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, 30*time.Second)
-	c.ShutdownNakDelay = cmp.Or(c.ShutdownNakDelay, time.Second)
-	c.PublishBudget = cmp.Or(c.PublishBudget, 30*time.Second)
+	d := Defaults()
+	c.Source = cmp.Or(c.Source, d.Source)
+	c.Concurrency = cmp.Or(c.Concurrency, d.Concurrency)
+	c.MaxDeliver = cmp.Or(c.MaxDeliver, d.MaxDeliver)
+	c.DeliveryBudget = cmp.Or(c.DeliveryBudget, d.DeliveryBudget)
+	c.Backoff.Initial = cmp.Or(c.Backoff.Initial, d.Backoff.Initial)
+	c.Backoff.Max = cmp.Or(c.Backoff.Max, d.Backoff.Max)
+	c.CoalesceWindow = cmp.Or(c.CoalesceWindow, d.CoalesceWindow)
+	c.CircuitThreshold = cmp.Or(c.CircuitThreshold, d.CircuitThreshold)
+	c.CircuitCooldown = cmp.Or(c.CircuitCooldown, d.CircuitCooldown)
+	c.Heartbeat = cmp.Or(c.Heartbeat, d.Heartbeat)
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, d.ShutdownTimeout)
+	c.ShutdownNakDelay = cmp.Or(c.ShutdownNakDelay, d.ShutdownNakDelay)
+	c.PublishBudget = cmp.Or(c.PublishBudget, d.PublishBudget)
 	c.Verify = c.Verify.withDefaults()
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

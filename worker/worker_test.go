@@ -11,7 +11,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/reprocessor/reprocessor/internal/testutil"
+	"github.com/reprocessor/reprocessor/internal/testsync"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -145,7 +145,7 @@ func (s *setup) send(payload string, delivered uint64) *fakeMsg {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	testutil.Poll(t, what, 10*time.Second, 5*time.Millisecond, cond)
+	testsync.Poll(t, what, 10*time.Second, 5*time.Millisecond, cond)
 }
 
 func guid(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i) }

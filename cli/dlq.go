@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"cmp"
@@ -15,6 +15,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/reprocessor/reprocessor/bulk"
+	"github.com/reprocessor/reprocessor/config"
+	"github.com/reprocessor/reprocessor/logging"
 	"github.com/reprocessor/reprocessor/queue"
 )
 
@@ -44,7 +46,7 @@ func cmdDLQ(ctx context.Context, args []string, getenv func(string) string, stdo
 	reasons := fs.String("reason", "", "only these error codes, comma-separated")
 	since := fs.String("since", "", `only dead letters stored since then: a duration ("24h") or an RFC 3339 time`)
 	limit := fs.Int("limit", 0, "at most this many; 0 is no limit")
-	load := BindConfig(fs, getenv)
+	load := config.Bind(fs, getenv)
 	fs.Usage = func() { fmt.Fprint(stderr, dlqUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -77,7 +79,7 @@ func cmdDLQ(ctx context.Context, args []string, getenv func(string) string, stdo
 		fmt.Fprintf(stderr, "reprocessor dlq: unexpected arguments %q\n", fs.Args())
 		return exitUsage
 	}
-	log, err := NewLogger(stderr, cfg.LogLevel, cfg.LogFormat, cfg.Secrets())
+	log, err := logging.New(stderr, cfg.LogLevel, cfg.LogFormat, cfg.Secrets())
 	if err != nil {
 		fmt.Fprintf(stderr, "reprocessor dlq: %v\n", err)
 		return exitUsage
@@ -88,13 +90,13 @@ func cmdDLQ(ctx context.Context, args []string, getenv func(string) string, stdo
 		fmt.Fprintf(stderr, "reprocessor dlq: %v\n", err)
 		return exitFailed
 	}
-	defer func() { _ = drain(nc, 10*time.Second) }()
+	defer func() { _ = queue.Drain(nc, 10*time.Second) }()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		fmt.Fprintf(stderr, "reprocessor dlq: %v\n", err)
 		return exitFailed
 	}
-	qc := queueConfig(cfg)
+	qc := cfg.Queue()
 	stream := cmp.Or(qc.DLQStream, queue.DefaultDLQStream)
 	if sub == "list" {
 		return dlqList(ctx, js, stream, filter, *asJSON, stdout, stderr)

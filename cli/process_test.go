@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -282,7 +282,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 		[]byte("not-a-guid"),
 		[]byte(`{"id": "`+good[3]+`", "correlationId": "c-1", "requestedBy": "tester", "reason": "leak test"}`),
 		[]byte(`{"id": 7}`),
-		[]byte("../../users"),
+		[]byte("../users"),
 	)
 	sys.publish(payloadsIn...)
 	sys.waitFor("three refused token requests", 20*time.Second, func() bool { return sys.gt.CallCount(graphtest.OpToken) >= 3 })

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -24,7 +24,7 @@ func TestDemo(t *testing.T) {
 	env := env{"REPROCESSOR_HTTP_ADDR": "127.0.0.1:0"}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	code := run(ctx, []string{"demo", "--ids", "25", "--per-second", "50"}, env.get, &out, &errOut)
+	code := Main(ctx, []string{"demo", "--ids", "25", "--per-second", "50"}, env.get, &out, &errOut)
 	if code != exitOK {
 		t.Fatalf("demo exited %d\n%s\n%s", code, out.String(), errOut.String())
 	}
@@ -48,7 +48,7 @@ func TestFakeGraph(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	dir := t.TempDir()
-	go func() { done <- run(ctx, []string{"fake-graph", "--ca-dir", dir}, env{}.get, &out, &errOut) }()
+	go func() { done <- Main(ctx, []string{"fake-graph", "--ca-dir", dir}, env{}.get, &out, &errOut) }()
 	exports := map[string]string{}
 	re := regexp.MustCompile(`(?m)^export ([A-Z_]+)="([^"]*)"$`)
 	waitUntil(t, "the settings", 10*time.Second, func() bool {
@@ -102,17 +102,17 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"check-config"}, env{"REPROCESSOR_GRAPH_TIMEOUT": "30"}, exitUsage, "REPROCESSOR_GRAPH_TIMEOUT"},
 	} {
 		var out, errOut syncBuffer
-		code := run(context.Background(), tc.args, tc.env.get, &out, &errOut)
+		code := Main(context.Background(), tc.args, tc.env.get, &out, &errOut)
 		if code != tc.code || !strings.Contains(errOut.String(), tc.want) {
 			t.Errorf("%v: exit %d, stderr %q; want %d and %q", tc.args, code, errOut.String(), tc.code, tc.want)
 		}
 	}
 	var out syncBuffer
-	if code := run(context.Background(), []string{"version"}, env{}.get, &out, &out); code != exitOK || !strings.HasPrefix(out.String(), "reprocessor ") {
+	if code := Main(context.Background(), []string{"version"}, env{}.get, &out, &out); code != exitOK || !strings.HasPrefix(out.String(), "reprocessor ") {
 		t.Errorf("version: %d %q", code, out.String())
 	}
 	out = syncBuffer{}
-	if code := run(context.Background(), []string{"check-config"}, env{}.get, &out, &out); code != exitOK || !strings.Contains(out.String(), "configuration is valid") ||
+	if code := Main(context.Background(), []string{"check-config"}, env{}.get, &out, &out); code != exitOK || !strings.Contains(out.String(), "configuration is valid") ||
 		!strings.Contains(out.String(), "AZURE_CLIENT_SECRET=unset") {
 		t.Errorf("check-config: %d %q", code, out.String())
 	}
@@ -156,12 +156,12 @@ func checkNATSURLNotShown(t *testing.T, natsURL, secret string, wantCode int) {
 	{
 		e := env{"NATS_URL": tc.url, "REPROCESSOR_HTTP_ADDR": "off", "REPROCESSOR_LOG_LEVEL": "debug"}
 		var out syncBuffer
-		if code := run(context.Background(), []string{"check-config"}, e.get, &out, &out); code != tc.code {
+		if code := Main(context.Background(), []string{"check-config"}, e.get, &out, &out); code != tc.code {
 			t.Fatalf("check-config %q: exit %d, want %d: %s", tc.url, code, tc.code, out.String())
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 800*time.Millisecond)
 		var logs syncBuffer
-		_ = run(ctx, []string{"run"}, e.get, &logs, &logs)
+		_ = Main(ctx, []string{"run"}, e.get, &logs, &logs)
 		cancel()
 		for what, text := range map[string]string{"check-config": out.String(), "run": logs.String()} {
 			pieces := append([]string{tc.secret}, strings.FieldsFunc(tc.secret, func(r rune) bool { return r == ',' || r == '@' })...)

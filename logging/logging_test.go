@@ -1,4 +1,4 @@
-package main
+package logging
 
 import (
 	"bytes"
@@ -37,7 +37,7 @@ func TestNewLoggerRedactsSecrets(t *testing.T) {
 		t.Run(format, func(t *testing.T) {
 			t.Parallel()
 			var buf bytes.Buffer
-			log, err := NewLogger(&buf, "debug", format, []string{canary, plain, "abc", ""})
+			log, err := New(&buf, "debug", format, []string{canary, plain, "abc", ""})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -52,7 +52,7 @@ func TestNewLoggerRedactsSecrets(t *testing.T) {
 				"text", secretText{canary}, "valuer", secretLogValuer{plain},
 				"struct", struct{ Password string }{plain}, "map", map[string]string{"k": canary})
 			log.Info("key", plain, "value")
-			log.Info("short", "v", "abc") // shorter than minSecretLen: left as it is
+			log.Info("short", "v", "abc") // shorter than MinSecretLen: left as it is
 			log.LogAttrs(context.Background(), slog.LevelInfo, "attrs", slog.String("s", plain))
 
 			out := buf.String()
@@ -89,25 +89,6 @@ func jsonEscape(s string) string {
 	return strings.Trim(string(b), `"`)
 }
 
-func TestNewLoggerRedactsConfigSecrets(t *testing.T) {
-	t.Parallel()
-	cfg := loadFull(t)
-	for _, format := range []string{"text", "json"} {
-		var buf bytes.Buffer
-		log, err := NewLogger(&buf, "info", format, cfg.Secrets())
-		if err != nil {
-			t.Fatal(err)
-		}
-		log.Info("starting", "config", cfg)
-		log.LogAttrs(context.Background(), slog.LevelInfo, "configuration", cfg.Summary()...)
-		for _, c := range canaries {
-			log.Error("call failed", "err", fmt.Errorf("token request: %w", errors.New("secret "+c+" rejected")))
-		}
-		log.Info("nats", "url", cfg.NATSURL)
-		assertNoCanary(t, format+" log", buf.String(), canaries...)
-	}
-}
-
 func TestNewLoggerLevelAndFormat(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
@@ -124,9 +105,9 @@ func TestNewLoggerLevelAndFormat(t *testing.T) {
 		{"error", "text", false, false, false},
 	} {
 		var buf bytes.Buffer
-		log, err := NewLogger(&buf, c.level, c.format, nil)
+		log, err := New(&buf, c.level, c.format, nil)
 		if err != nil {
-			t.Errorf("NewLogger(%q, %q): %v", c.level, c.format, err)
+			t.Errorf("New(%q, %q): %v", c.level, c.format, err)
 			continue
 		}
 		log.Debug("d-line")
@@ -148,15 +129,15 @@ func TestNewLoggerLevelAndFormat(t *testing.T) {
 		{"verbose", "text", `log level: must be one of debug, info, warn, error, got "verbose"`},
 		{"info", "xml", `log format: must be text or json, got "xml"`},
 	} {
-		if _, err := NewLogger(&bytes.Buffer{}, c.level, c.format, nil); err == nil || err.Error() != c.want {
-			t.Errorf("NewLogger(%q, %q) = %v, want %q", c.level, c.format, err, c.want)
+		if _, err := New(&bytes.Buffer{}, c.level, c.format, nil); err == nil || err.Error() != c.want {
+			t.Errorf("New(%q, %q) = %v, want %q", c.level, c.format, err, c.want)
 		}
 	}
 }
 
 func BenchmarkLoggerRedacting(b *testing.B) {
 	var buf bytes.Buffer
-	log, err := NewLogger(&buf, "info", "json", []string{"canary-one", "canary-two", "canary-three"})
+	log, err := New(&buf, "info", "json", []string{"canary-one", "canary-two", "canary-three"})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,7 +1,6 @@
-package main
+package cli
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -23,11 +22,14 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/reprocessor/reprocessor/bulk"
+	"github.com/reprocessor/reprocessor/config"
 	"github.com/reprocessor/reprocessor/graph"
 	"github.com/reprocessor/reprocessor/idlist"
+	"github.com/reprocessor/reprocessor/logging"
 	"github.com/reprocessor/reprocessor/metrics"
 	"github.com/reprocessor/reprocessor/queue"
 	"github.com/reprocessor/reprocessor/ratelimit"
+	"github.com/reprocessor/reprocessor/version"
 	"github.com/reprocessor/reprocessor/worker"
 )
 
@@ -93,9 +95,9 @@ type enqueueFlags struct {
 
 // bindWithout registers on fs every config flag but the ones renamed, under their new
 // names, and returns the config loader.
-func bindWithout(fs *flag.FlagSet, getenv func(string) string, renamed map[string]string) func() (Config, error) {
+func bindWithout(fs *flag.FlagSet, getenv func(string) string, renamed map[string]string) func() (config.Config, error) {
 	scratch := flag.NewFlagSet("config", flag.ContinueOnError)
-	load := BindConfig(scratch, getenv)
+	load := config.Bind(scratch, getenv)
 	scratch.VisitAll(func(f *flag.Flag) {
 		name := f.Name
 		if n, ok := renamed[name]; ok {
@@ -147,7 +149,7 @@ func enqueueMain(ctx context.Context, args []string, getenv func(string) string,
 		fmt.Fprintf(io.stderr, "reprocessor enqueue: %s\n", msg)
 		return exitUsage
 	}
-	log, err := NewLogger(io.stderr, cfg.LogLevel, cfg.LogFormat, cfg.Secrets())
+	log, err := logging.New(io.stderr, cfg.LogLevel, cfg.LogFormat, cfg.Secrets())
 	if err != nil {
 		fmt.Fprintf(io.stderr, "reprocessor enqueue: %v\n", err)
 		return exitUsage
@@ -215,83 +217,73 @@ func newRunID() string {
 	return "run-" + time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
 }
 
-// enqueuer is one enqueue command.
+// enqueuer is one enqueue command: the run, and what is shown of it.
 type enqueuer struct {
-	cfg    Config
+	cfg    config.Config
 	f      enqueueFlags
 	io     enqueueIO
 	log    *slog.Logger
 	getenv func(string) string
 	args   []string
-
-	seen    *idlist.Set
-	prior   bulk.PriorRun
-	tracker *bulk.Tracker
-	pub     *bulk.Publisher
-
-	// counters, read by the progress line
-	entries, invalid, dupes, skipped, distinct atomic.Int64
-	lastLine                                   atomic.Int64
-	readBytes, totalBytes                      atomic.Int64
-	pages                                      atomic.Int64
+	job    *bulk.Enqueue
 }
 
-func (e *enqueuer) run(ctx context.Context) int {
-	e.seen = idlist.NewSet(0)
-	e.prior = bulk.PriorRun{Published: idlist.NewSet(0)}
-	out := e.io.stdout
-	reqSubject, eventsSubject, _ := queue.Config{Prefix: e.cfg.SubjectPrefix}.Subjects()
-	runs := bulk.RunsConfig{Prefix: e.cfg.SubjectPrefix, Replicas: e.cfg.StreamReplicas, NoCreate: e.cfg.NoCreate}
+// maxInvalidShown bounds the invalid lines printed one by one.
+const maxInvalidShown = 100
 
-	var js jetstream.JetStream
+func (e *enqueuer) run(ctx context.Context) int {
+	out := e.io.stdout
+	var shown atomic.Int64
+	e.job = bulk.NewEnqueue(bulk.EnqueueConfig{
+		Queue:       e.cfg.Queue(),
+		Runs:        bulk.RunsConfig{Prefix: e.cfg.SubjectPrefix, Replicas: e.cfg.StreamReplicas, NoCreate: e.cfg.NoCreate},
+		RunID:       e.f.runID,
+		RequestedBy: e.f.requestedBy,
+		Reason:      e.f.reason,
+		Window:      e.f.window,
+		Rate:        e.f.rate,
+		DryRun:      e.f.dryRun,
+		Track:       e.f.wait || e.f.report != "",
+		WaitSettled: e.f.waitSettled,
+		Logger:      e.log,
+		OnInvalid: func(en idlist.Entry) {
+			if n := shown.Add(1); n <= maxInvalidShown {
+				where := fmt.Sprintf("line %d", en.Line)
+				if len(e.args) > 0 {
+					where = fmt.Sprintf("argument %d", en.Line)
+				}
+				fmt.Fprintf(e.io.stderr, "%s: %s: %q\n", where, en.Invalid, en.Raw)
+			} else if n == maxInvalidShown+1 {
+				fmt.Fprintf(e.io.stderr, "more invalid lines: counted, not shown\n")
+			}
+		},
+	})
+	r := e.job
 	if !e.f.dryRun {
 		nc, err := e.connect(ctx)
 		if err != nil {
 			fmt.Fprintf(e.io.stderr, "reprocessor enqueue: %v\n", err)
 			return exitFailed
 		}
-		defer func() { _ = drain(nc, 10*time.Second) }()
-		js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(e.f.window), jetstream.WithPublishAsyncTimeout(30*time.Second))
+		defer func() { _ = queue.Drain(nc, 10*time.Second) }()
+		js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(e.f.window), jetstream.WithPublishAsyncTimeout(30*time.Second))
 		if err == nil {
-			err = e.ensureStreams(ctx, js, runs)
-		}
-		if err == nil {
-			e.prior, err = bulk.LoadRun(ctx, js, runs, e.f.runID)
+			err = r.Open(ctx, js)
 		}
 		if err != nil {
 			fmt.Fprintf(e.io.stderr, "reprocessor enqueue: %v\n", err)
 			return exitFailed
 		}
-	}
-	if e.prior.Published.Len() > 0 {
-		fmt.Fprintf(out, "run id: %s (resumed: %d ids already published by this run are skipped)\n", e.f.runID, e.prior.Published.Len())
-	} else if !e.f.dryRun {
-		fmt.Fprintf(out, "run id: %s (re-run with --run-id %s to resume without publishing any id twice)\n", e.f.runID, e.f.runID)
-	}
-	if e.f.wait || e.f.report != "" {
-		e.tracker = bulk.NewTracker(e.f.runID, e.f.waitSettled)
-	}
-	started := time.Now()
-	if !e.f.dryRun {
-		var err error
-		e.pub, err = bulk.NewPublisher(js, bulk.PublisherConfig{
-			Subject: reqSubject, RunID: e.f.runID, RequestedBy: e.f.requestedBy, Reason: e.f.reason,
-			Runs: runs, Window: e.f.window, Rate: e.f.rate,
-		})
-		if err != nil {
-			fmt.Fprintf(e.io.stderr, "reprocessor enqueue: %v\n", err)
-			return exitFailed
+		if n := r.Resumed(); n > 0 {
+			fmt.Fprintf(out, "run id: %s (resumed: %d ids already published by this run are skipped)\n", e.f.runID, n)
+		} else {
+			fmt.Fprintf(out, "run id: %s (re-run with --run-id %s to resume without publishing any id twice)\n", e.f.runID, e.f.runID)
 		}
 	}
 
-	stopProgress := e.startProgress(started)
+	stopProgress := e.every(e.showProgress)
 	srcErr := e.readSource(ctx)
-	var closeErr error
-	if e.pub != nil {
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		closeErr = e.pub.Close(closeCtx)
-		cancel()
-	}
+	closeErr := r.Close(ctx)
 	stopProgress()
 	interrupted := ctx.Err() != nil
 	if srcErr != nil && !interrupted {
@@ -300,26 +292,23 @@ func (e *enqueuer) run(ctx context.Context) int {
 	if closeErr != nil {
 		fmt.Fprintf(e.io.stderr, "reprocessor enqueue: %v\n", closeErr)
 	}
-	var sent, acked int64
-	if e.pub != nil {
-		sent, acked = e.pub.Counts()
-	}
-	fmt.Fprintf(out, "read %d entries: %d distinct ids, %d duplicates, %d invalid", e.entries.Load(), e.distinct.Load(), e.dupes.Load(), e.invalid.Load())
-	if n := e.skipped.Load(); n > 0 {
-		fmt.Fprintf(out, ", %d already published by this run", n)
+	p := r.Progress()
+	fmt.Fprintf(out, "read %d entries: %d distinct ids, %d duplicates, %d invalid", p.Entries, p.Distinct, p.Duplicates, p.Invalid)
+	if p.Skipped > 0 {
+		fmt.Fprintf(out, ", %d already published by this run", p.Skipped)
 	}
 	if e.f.dryRun {
 		fmt.Fprintf(out, "; dry run: nothing published\n")
 	} else {
-		fmt.Fprintf(out, "; published %d (acknowledged %d) in %s\n", sent, acked, time.Since(started).Round(time.Millisecond))
+		fmt.Fprintf(out, "; published %d (acknowledged %d) in %s\n", p.Sent, p.Acked, p.Elapsed.Round(time.Millisecond))
 	}
 	switch {
 	case interrupted:
 		where := ""
-		if l := e.lastLine.Load(); l > 0 && !e.f.fromGraph {
-			where = fmt.Sprintf(" (input read to line %d)", l)
+		if p.LastLine > 0 && !e.f.fromGraph {
+			where = fmt.Sprintf(" (input read to line %d)", p.LastLine)
 		}
-		fmt.Fprintf(out, "interrupted after publishing %d ids%s: re-run with --run-id %s to publish the rest; nothing is published twice\n", acked, where, e.f.runID)
+		fmt.Fprintf(out, "interrupted after publishing %d ids%s: re-run with --run-id %s to publish the rest; nothing is published twice\n", p.Acked, where, e.f.runID)
 		e.writeReport(bulk.OutcomePublished)
 		return exitInterrupted
 	case srcErr != nil || closeErr != nil:
@@ -328,17 +317,12 @@ func (e *enqueuer) run(ctx context.Context) int {
 	}
 
 	code := exitOK
-	if e.invalid.Load() > 0 {
+	if p.Invalid > 0 {
 		code = exitNotAllAccepted
 	}
-	if e.f.wait && e.tracker.Len() > 0 {
-		since := started
-		if !e.prior.Started.IsZero() {
-			since = e.prior.Started
-		}
-		since = since.Add(-time.Minute) // the server's clock stamps the events: allow for skew
-		waitCode := e.follow(ctx, js, eventsSubject, since)
-		if waitCode != exitOK {
+	tracker := r.Tracker()
+	if e.f.wait && tracker.Len() > 0 {
+		if waitCode := e.follow(ctx); waitCode != exitOK {
 			code = waitCode
 		}
 		if ctx.Err() != nil {
@@ -348,9 +332,7 @@ func (e *enqueuer) run(ctx context.Context) int {
 	pending := bulk.OutcomePublished
 	if e.f.wait {
 		pending = bulk.OutcomePending
-	}
-	if e.tracker != nil && e.f.wait {
-		s := bulk.Summarize(e.tracker.Rows(pending))
+		s := bulk.Summarize(tracker.Rows(pending))
 		fmt.Fprintf(out, "outcomes: %s\n", bulk.Line(s.Outcomes))
 		fmt.Fprintf(out, "error codes: %s\n", bulk.Line(s.ErrorCodes))
 		fmt.Fprintf(out, "final states: %s\n", bulk.Line(s.States))
@@ -396,80 +378,16 @@ func (e *enqueuer) connect(ctx context.Context) (*nats.Conn, error) {
 	return nc, nil
 }
 
-// ensureStreams creates the worker's streams (as "run" does) when the requests stream does
-// not exist yet, and the run record stream.
-func (e *enqueuer) ensureStreams(ctx context.Context, js jetstream.JetStream, runs bulk.RunsConfig) error {
-	stream := cmp.Or(queueConfig(e.cfg).RequestsStream, queue.DefaultRequestsStream)
-	if _, err := js.Stream(ctx, stream); errors.Is(err, jetstream.ErrStreamNotFound) {
-		if _, err := queue.Setup(ctx, js, queueConfig(e.cfg), e.log); err != nil {
-			return fmt.Errorf("set up the streams: %w", err)
-		}
-	} else if err != nil {
-		return fmt.Errorf("look up stream %s: %w", stream, err)
-	}
-	return bulk.EnsureRunsStream(ctx, js, runs)
-}
-
-// maxInvalidShown bounds the invalid lines printed one by one.
-const maxInvalidShown = 100
-
-// readSource reads the ids from the arguments, the file or Graph and publishes each new one.
+// readSource hands the arguments, the file or Graph's list to the run.
 func (e *enqueuer) readSource(ctx context.Context) error {
-	handle := func(en idlist.Entry) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		e.entries.Add(1)
-		e.lastLine.Store(int64(en.Line))
-		if en.Invalid != "" {
-			if n := e.invalid.Add(1); n <= maxInvalidShown {
-				where := fmt.Sprintf("line %d", en.Line)
-				if len(e.args) > 0 {
-					where = fmt.Sprintf("argument %d", en.Line)
-				}
-				fmt.Fprintf(e.io.stderr, "%s: %s: %q\n", where, en.Invalid, en.Raw)
-			} else if n == maxInvalidShown+1 {
-				fmt.Fprintf(e.io.stderr, "more invalid lines: counted, not shown\n")
-			}
-			return nil
-		}
-		if !e.seen.Add(en.ID) {
-			e.dupes.Add(1)
-			return nil
-		}
-		e.distinct.Add(1)
-		if e.tracker != nil {
-			e.tracker.Add(en.ID, en.Line)
-		}
-		if e.prior.Published.Has(en.ID) {
-			e.skipped.Add(1)
-			return nil
-		}
-		if e.pub == nil {
-			return nil
-		}
-		return e.pub.Publish(ctx, en.ID)
-	}
 	switch {
 	case len(e.args) > 0:
-		e.totalBytes.Store(int64(len(e.args)))
-		for i, a := range e.args {
-			en := idlist.Entry{Line: i + 1, Raw: a}
-			if id, ok := idlist.Parse(strings.TrimSpace(a)); ok {
-				en.ID = id
-			} else {
-				en.Invalid = "not an assignment id (a GUID, 8-4-4-4-12 hexadecimal digits)"
-			}
-			if err := handle(en); err != nil {
-				return err
-			}
-			e.readBytes.Store(int64(i + 1))
-		}
-		return nil
+		return e.job.PublishArgs(ctx, e.args)
 	case e.f.fromGraph:
-		return e.listGraph(ctx, func(id idlist.ID) error { return handle(idlist.Entry{ID: id}) })
+		return e.listGraph(ctx)
 	}
 	var r io.Reader = e.io.stdin
+	var size int64
 	if e.f.file != "-" {
 		fh, err := os.Open(e.f.file)
 		if err != nil {
@@ -477,37 +395,24 @@ func (e *enqueuer) readSource(ctx context.Context) error {
 		}
 		defer fh.Close()
 		if fi, err := fh.Stat(); err == nil && fi.Mode().IsRegular() {
-			e.totalBytes.Store(fi.Size())
+			size = fi.Size()
 		}
 		r = fh
 	}
-	return idlist.Read(countingReader{r, &e.readBytes}, idlist.Format{Column: e.f.column, Field: e.f.field}, handle)
-}
-
-// countingReader counts the bytes read, for the progress line.
-type countingReader struct {
-	r io.Reader
-	n *atomic.Int64
-}
-
-func (c countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n.Add(int64(n))
-	return n, err
+	return e.job.PublishList(ctx, r, size, idlist.Format{Column: e.f.column, Field: e.f.field})
 }
 
 // listGraph lists the assignments from Graph with the worker's credential, rate limit
 // (REPROCESSOR_RATE, --graph-rate) and backoff.
-func (e *enqueuer) listGraph(ctx context.Context, fn func(idlist.ID) error) error {
-	m := metrics.New(prometheus.NewRegistry(), buildInfo())
-	cred, client, err := newGraph(e.cfg, e.getenv, e.io.graphHTTP, m, e.log, nil)
+func (e *enqueuer) listGraph(ctx context.Context) error {
+	m := metrics.New(prometheus.NewRegistry(), version.Info())
+	gs := e.cfg.Graph()
+	gs.HTTPClient, gs.Observe, gs.Logger = e.io.graphHTTP, m.ObserveGraph, e.log
+	session, err := graph.Open(e.getenv, gs)
 	if err != nil {
 		return err
 	}
-	credCtx, stopCred := context.WithCancel(ctx)
-	credDone := make(chan struct{})
-	go func() { defer close(credDone); cred.Run(credCtx) }()
-	defer func() { stopCred(); <-credDone; cred.Close() }()
+	defer session.Close()
 	var limiter bulk.Limiter
 	switch {
 	case e.cfg.RateAuto:
@@ -517,18 +422,11 @@ func (e *enqueuer) listGraph(ctx context.Context, fn func(idlist.ID) error) erro
 	case e.cfg.Rate > 0:
 		limiter = ratelimit.Fixed(e.cfg.Rate)
 	}
-	return bulk.ListFromGraph(ctx, client, bulk.ListConfig{
+	return e.job.PublishGraph(ctx, session.Client, bulk.ListConfig{
 		Query:   graph.ListQuery{State: e.f.state, AccessPackageID: e.f.accessPackage, Filter: e.f.filter, Top: 999},
 		Limiter: limiter,
-		Backoff: worker.Backoff{Initial: e.cfg.BackoffInitial, Max: e.cfg.BackoffMax},
-		OnPage:  func(int, int) { e.pages.Add(1) },
-	}, fn)
-}
-
-// startProgress shows progress until the returned function is called: a bar redrawn on a
-// terminal, else a line every few seconds.
-func (e *enqueuer) startProgress(started time.Time) func() {
-	return e.every(func() { e.showProgress(started) })
+		Backoff: e.cfg.Backoff(),
+	})
 }
 
 // every calls show on a ticker (quickly on a terminal, every few seconds otherwise) until
@@ -562,37 +460,30 @@ func (e *enqueuer) every(show func()) func() {
 	return func() { close(stop); <-done }
 }
 
-func (e *enqueuer) showProgress(started time.Time) {
-	var acked int64
-	if e.pub != nil {
-		_, acked = e.pub.Counts()
-	}
-	done := acked
-	if e.pub == nil {
-		done = e.distinct.Load()
-	}
-	elapsed := time.Since(started)
-	perSec := float64(done) / max(elapsed.Seconds(), 0.001)
-	read, total := e.readBytes.Load(), e.totalBytes.Load()
+// showProgress draws the publishing progress: a bar on a terminal, else a line.
+func (e *enqueuer) showProgress() {
+	p := e.job.Progress()
+	done := p.Done(e.f.dryRun)
+	perSec := float64(done) / max(p.Elapsed.Seconds(), 0.001)
 	var frac float64 = -1
-	if total > 0 {
-		frac = min(1, float64(read)/float64(total))
+	if p.TotalBytes > 0 {
+		frac = min(1, float64(p.ReadBytes)/float64(p.TotalBytes))
 	}
 	where := ""
 	switch {
 	case e.f.fromGraph:
-		where = fmt.Sprintf("%d pages listed", e.pages.Load())
+		where = fmt.Sprintf("%d pages listed", p.Pages)
 	case frac >= 0:
 		where = fmt.Sprintf("%.0f%% of input read", 100*frac)
 	default:
-		where = fmt.Sprintf("line %d", e.lastLine.Load())
+		where = fmt.Sprintf("line %d", p.LastLine)
 	}
 	eta := ""
 	if frac > 0 && frac < 1 {
-		eta = " · ETA " + (time.Duration(float64(elapsed)/frac) - elapsed).Round(time.Second).String()
+		eta = " · ETA " + (time.Duration(float64(p.Elapsed)/frac) - p.Elapsed).Round(time.Second).String()
 	}
 	msg := fmt.Sprintf("published %d of %d distinct ids (%d invalid, %d duplicates) · %s · %.0f ids/s%s",
-		done, e.distinct.Load()-e.skipped.Load(), e.invalid.Load(), e.dupes.Load(), where, perSec, eta)
+		done, p.Distinct-p.Skipped, p.Invalid, p.Duplicates, where, perSec, eta)
 	if e.io.tty {
 		const width = 24
 		filled := 0
@@ -607,14 +498,15 @@ func (e *enqueuer) showProgress(started time.Time) {
 
 // follow waits for the outcome of every tracked id, showing live counts; it returns an exit
 // code.
-func (e *enqueuer) follow(ctx context.Context, js jetstream.JetStream, eventsSubject string, since time.Time) int {
+func (e *enqueuer) follow(ctx context.Context) int {
 	wctx, cancel := ctx, context.CancelFunc(func() {})
 	if e.f.timeout > 0 {
 		wctx, cancel = context.WithTimeout(ctx, e.f.timeout)
 	}
 	defer cancel()
+	tracker := e.job.Tracker()
 	stopShowing := e.every(func() {
-		counts, remaining := e.tracker.Counts()
+		counts, remaining := tracker.Counts()
 		line := fmt.Sprintf("waiting: %s; %d to go", bulk.Line(counts), remaining)
 		if e.io.tty {
 			fmt.Fprintf(e.io.stderr, "\r\033[K%s", line)
@@ -622,8 +514,7 @@ func (e *enqueuer) follow(ctx context.Context, js jetstream.JetStream, eventsSub
 			fmt.Fprintln(e.io.stderr, line)
 		}
 	})
-	stream := cmp.Or(queueConfig(e.cfg).EventsStream, queue.DefaultEventsStream)
-	err := bulk.Follow(wctx, js, stream, eventsSubject, since, e.tracker)
+	err := e.job.Follow(wctx)
 	stopShowing()
 	switch {
 	case err == nil:
@@ -631,7 +522,7 @@ func (e *enqueuer) follow(ctx context.Context, js jetstream.JetStream, eventsSub
 	case ctx.Err() != nil:
 		return exitInterrupted
 	case errors.Is(err, context.DeadlineExceeded):
-		_, remaining := e.tracker.Counts()
+		_, remaining := tracker.Counts()
 		fmt.Fprintf(e.io.stdout, "timed out after %s: %d ids have no outcome yet (pending in the report)\n", e.f.timeout, remaining)
 		return exitTimedOut
 	default:
@@ -642,12 +533,13 @@ func (e *enqueuer) follow(ctx context.Context, js jetstream.JetStream, eventsSub
 
 // writeReport writes the report when one was asked for; it reports false on failure.
 func (e *enqueuer) writeReport(pending string) bool {
-	if e.f.report == "" || e.tracker == nil {
+	tracker := e.job.Tracker()
+	if e.f.report == "" || tracker == nil {
 		return true
 	}
 	fh, err := os.Create(e.f.report)
 	if err == nil {
-		err = bulk.WriteReport(fh, reportFormat(e.f.report), e.tracker.Rows(pending))
+		err = bulk.WriteReport(fh, reportFormat(e.f.report), tracker.Rows(pending))
 		if cerr := fh.Close(); err == nil {
 			err = cerr
 		}
@@ -656,6 +548,6 @@ func (e *enqueuer) writeReport(pending string) bool {
 		fmt.Fprintf(e.io.stderr, "reprocessor enqueue: report: %v\n", err)
 		return false
 	}
-	fmt.Fprintf(e.io.stdout, "report: %s (%d rows)\n", e.f.report, e.tracker.Len())
+	fmt.Fprintf(e.io.stdout, "report: %s (%d rows)\n", e.f.report, tracker.Len())
 	return true
 }

@@ -1,4 +1,6 @@
-package main
+// Package version says which build this is: the version and revision stamped by the
+// linker or recorded by go build, and Go's version.
+package version
 
 import (
 	"cmp"
@@ -10,15 +12,16 @@ import (
 )
 
 // version and revision are set at build time:
-// go build -ldflags "-X main.version=v1.2.3 -X main.revision=<commit>". An empty revision is
+// go build -ldflags "-X github.com/reprocessor/reprocessor/version.version=v1.2.3
+// -X github.com/reprocessor/reprocessor/version.revision=<commit>". An empty revision is
 // read from the VCS stamp that go build records in a checkout (deploy/Dockerfile has no .git).
 var (
 	version  = "dev"
 	revision = ""
 )
 
-// buildInfo returns the version, the VCS revision the binary was built from, and Go's version.
-func buildInfo() metrics.BuildInfo {
+// Info returns the version, the VCS revision the binary was built from, and Go's version.
+func Info() metrics.BuildInfo {
 	v, rev := version, revision
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range bi.Settings {
@@ -33,7 +36,8 @@ func buildInfo() metrics.BuildInfo {
 	return metrics.BuildInfo{Version: v, Revision: cmp.Or(rev, "unknown"), GoVersion: runtime.Version()}
 }
 
-func versionLine() string {
-	b := buildInfo()
+// Line is the one line "reprocessor version" prints.
+func Line() string {
+	b := Info()
 	return fmt.Sprintf("reprocessor %s (revision %s, %s)", b.Version, b.Revision, b.GoVersion)
 }

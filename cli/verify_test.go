@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -296,7 +296,7 @@ func TestForgedStateCheck(t *testing.T) {
 	sys := newSystem(t, graphtest.Options{})
 	sys.startWorker(tracking)
 	forged := []string{
-		`{"assignmentId":"../../users","requestStream":"REPROCESS_REQUESTS","requestSeq":1,"deadline":"2099-01-01T00:00:00Z"}`,
+		`{"assignmentId":"../users","requestStream":"REPROCESS_REQUESTS","requestSeq":1,"deadline":"2099-01-01T00:00:00Z"}`,
 		`{"assignmentId":"0f8fad5b-d9cb-469f-a165-70867728950e","requestStream":"","requestSeq":1}`,
 		`not json`,
 	}

@@ -1,4 +1,8 @@
-package main
+// Package config is reprocessor's configuration: the table of settings (each an
+// environment variable and, except secrets, a flag), their defaults, loading from the
+// environment and flags, validation with an error naming each bad variable, redaction of
+// secrets, and the summary check-config prints.
+package config
 
 import (
 	"errors"
@@ -14,11 +18,14 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/reprocessor/reprocessor/graph"
+	"github.com/reprocessor/reprocessor/logging"
 	"github.com/reprocessor/reprocessor/queue"
+	"github.com/reprocessor/reprocessor/worker"
 )
 
 // Config is the whole configuration of the command. It is read from the environment and
-// from flags (flags win) by LoadConfig or BindConfig; secrets come only from the
+// from flags (flags win) by Load or Bind; secrets come only from the
 // environment. Print it with Summary, never with %v of its fields.
 type Config struct {
 	// NATS, with the NATS CLI's variables. NATSURL unset means an embedded server.
@@ -86,39 +93,41 @@ type Config struct {
 	Instance        string // names this process in the CloudEvent source "reprocessor/<instance>"
 }
 
-// defaultConfig holds the defaults of every setting; GraphURL and Instance are derived
-// when left empty (see fillDerived).
-func defaultConfig() Config {
+// Defaults returns the default of every setting; GraphURL and Instance are derived when
+// left empty (see fillDerived). What the worker and the queue own (retries, verification,
+// streams) is read from their own defaults, so that each is written once.
+func Defaults() Config {
+	w := worker.Defaults()
 	return Config{
 		Cloud:             "public",
 		GraphAPIVersion:   "v1.0",
 		GraphTimeout:      30 * time.Second,
-		SubjectPrefix:     "entitlement.reprocess",
-		Concurrency:       16,
+		SubjectPrefix:     queue.DefaultPrefix,
+		Concurrency:       w.Concurrency,
 		RateAuto:          true,
 		RateCeiling:       DefaultRateCeiling,
 		RateInitial:       10,
-		MaxDeliver:        5,
-		DeliveryBudget:    time.Minute,
-		BackoffInitial:    time.Second,
-		BackoffMax:        time.Minute,
-		CoalesceWindow:    time.Minute,
-		CircuitThreshold:  20,
-		CircuitCooldown:   30 * time.Second,
+		MaxDeliver:        w.MaxDeliver,
+		DeliveryBudget:    w.DeliveryBudget,
+		BackoffInitial:    w.Backoff.Initial,
+		BackoffMax:        w.Backoff.Max,
+		CoalesceWindow:    w.CoalesceWindow,
+		CircuitThreshold:  w.CircuitThreshold,
+		CircuitCooldown:   w.CircuitCooldown,
 		Verify:            true,
-		VerifyDeadline:    10 * time.Minute,
-		VerifyDelay:       5 * time.Second,
-		VerifyConcurrency: 4,
-		AckWait:           30 * time.Second,
-		EventsMaxAge:      7 * 24 * time.Hour,
-		DLQMaxAge:         30 * 24 * time.Hour,
-		StreamReplicas:    1,
+		VerifyDeadline:    w.Verify.Deadline,
+		VerifyDelay:       w.Verify.FirstDelay,
+		VerifyConcurrency: w.Verify.Concurrency,
+		AckWait:           queue.DefaultAckWait,
+		EventsMaxAge:      queue.DefaultEventsMaxAge,
+		DLQMaxAge:         queue.DefaultDLQMaxAge,
+		StreamReplicas:    queue.DefaultReplicas,
 		HTTPAddr:          ":9464",
 		LogLevel:          "info",
 		LogFormat:         "text",
 		DataDir:           "./data",
 		EmbeddedAddr:      "127.0.0.1:4222",
-		ShutdownTimeout:   30 * time.Second,
+		ShutdownTimeout:   w.ShutdownTimeout,
 	}
 }
 
@@ -137,19 +146,13 @@ const (
 // applications share. Raise it when you know your tenant allows more.
 const DefaultRateCeiling = 100
 
-// cloudGraphURL returns the Graph endpoint of a national cloud.
-func cloudGraphURL(cloud string) (string, bool) {
-	switch cloud {
-	case "public":
-		return "https://graph.microsoft.com", true
-	case "usgov":
-		return "https://graph.microsoft.us", true
-	case "usgovdod":
-		return "https://dod-graph.microsoft.us", true
-	case "china":
-		return "https://microsoftgraph.chinacloudapi.cn", true
+// cloudGraphURL returns the Graph endpoint of a national cloud, as graph knows them.
+func cloudGraphURL(name string) (string, bool) {
+	if name == "" {
+		return "", false
 	}
-	return "", false
+	c, err := graph.CloudByName(name)
+	return c.GraphURL, err == nil
 }
 
 // EffectiveMaxAckPending returns MaxAckPending or, when it is 0, ten times the concurrency
@@ -164,18 +167,18 @@ func (c Config) EffectiveMaxAckPending() int {
 	return max(1000, 10*c.Concurrency)
 }
 
-// LoadConfig reads the configuration from getenv and then from args (flags win) and
+// Load reads the configuration from getenv and then from args (flags win) and
 // returns it with the arguments left after the flags. Flags end at the first non-flag
 // argument, so "--concurrency 4 run" leaves ["run"].
 //
 // The error joins every problem found; each line names the variable and the bad value,
-// never a secret. "-h" returns flag.ErrHelp: print WriteConfigUsage then. Nothing is
+// never a secret. "-h" returns flag.ErrHelp: print WriteUsage then. Nothing is
 // printed here. On error the Config holds what could be read, for check-config to show.
-func LoadConfig(args []string, getenv func(string) string) (Config, []string, error) {
+func Load(args []string, getenv func(string) string) (Config, []string, error) {
 	fs := flag.NewFlagSet("reprocessor", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
-	load := BindConfig(fs, getenv)
+	load := Bind(fs, getenv)
 	parseErr := fs.Parse(args)
 	cfg, err := load()
 	if parseErr != nil {
@@ -185,12 +188,12 @@ func LoadConfig(args []string, getenv func(string) string) (Config, []string, er
 	return cfg, fs.Args(), err
 }
 
-// BindConfig applies the defaults and getenv to a new Config and registers a flag for every
+// Bind applies the defaults and getenv to a new Config and registers a flag for every
 // setting that has one on fs, so that a subcommand can add flags of its own to the same
 // set. Call the returned function after fs.Parse: it returns the Config and the problems
-// found, as LoadConfig does.
-func BindConfig(fs *flag.FlagSet, getenv func(string) string) func() (Config, error) {
-	c := defaultConfig()
+// found, as Load does.
+func Bind(fs *flag.FlagSet, getenv func(string) string) func() (Config, error) {
+	c := Defaults()
 	settings := c.settings()
 	envErrs := make(map[string]error)
 	for _, s := range settings {
@@ -255,12 +258,12 @@ func canonical(v string, known ...string) string {
 	return v
 }
 
-// WriteConfigUsage writes a table of every setting: its flag, environment variable,
+// WriteUsage writes a table of every setting: its flag, environment variable,
 // default and meaning.
-func WriteConfigUsage(w io.Writer) error {
+func WriteUsage(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "FLAG\tENVIRONMENT\tDEFAULT\tMEANING")
-	c := defaultConfig()
+	c := Defaults()
 	for _, s := range c.settings() {
 		name := "(environment only)"
 		if n := s.flagName(); n != "" {
@@ -304,8 +307,20 @@ func (c Config) String() string {
 // GoString formats the Config as String does, for %#v.
 func (c Config) GoString() string { return c.String() }
 
+// Environ returns every setting that is not secret as NAME=value, as the environment of a
+// child "reprocessor run" with this configuration.
+func (c Config) Environ() []string {
+	var env []string
+	for _, s := range c.settings() {
+		if !s.secret() {
+			env = append(env, s.env+"="+s.value.String())
+		}
+	}
+	return env
+}
+
 // Secrets returns the secret values of the Config: passwords, tokens, client secrets and
-// the credentials inside URLs. Pass them to NewLogger.
+// the credentials inside URLs. Pass them to logging.New.
 func (c Config) Secrets() []string {
 	candidates := []string{c.NATSPassword, c.NATSToken, c.AzureClientSecret, c.AzureClientCertPassword}
 	for _, u := range []string{c.NATSURL, c.GraphURL, c.AzureAuthorityHost} {
@@ -322,9 +337,9 @@ func (c Config) Secrets() []string {
 	return secrets
 }
 
-// Redact returns s with every secret of the Config at least minSecretLen long replaced
+// Redact returns s with every secret of the Config at least logging.MinSecretLen long replaced
 // by [REDACTED].
-func (c Config) Redact(s string) string { return newRedactor(c.Secrets()).redact(s) }
+func (c Config) Redact(s string) string { return logging.NewRedactor(c.Secrets()).Redact(s) }
 
 // redactError returns err, or an error with the same text redacted when the text holds a
 // secret. The redacted error no longer wraps err: nothing must reach the secret through it.
@@ -333,7 +348,7 @@ func redactError(err error, secrets []string) error {
 		return nil
 	}
 	msg := err.Error()
-	if red := newRedactor(secrets).redact(msg); red != msg {
+	if red := logging.NewRedactor(secrets).Redact(msg); red != msg {
 		return errors.New(red)
 	}
 	return err
@@ -485,7 +500,7 @@ func (c Config) problems() []error {
 	if c.PprofAddr != "" && c.PprofAddr == c.HTTPAddr {
 		bad("REPROCESSOR_PPROF_ADDR", "must differ from REPROCESSOR_HTTP_ADDR, got %q", c.PprofAddr)
 	}
-	if _, ok := logLevel(c.LogLevel); !ok {
+	if _, ok := logging.ParseLevel(c.LogLevel); !ok {
 		bad("REPROCESSOR_LOG_LEVEL", "must be one of debug, info, warn, error, got %q", c.LogLevel)
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {

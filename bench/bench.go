@@ -1,4 +1,8 @@
-package main
+// Package bench measures reprocessor on this machine: an embedded NATS server, the
+// simulated Graph (latency, throttling, errors) and N worker replicas working K ids, beside
+// the bare pipelines (fetch, POST, ack; and the same storing one event per id) that bound
+// what any worker could do, with latencies, CPU per id and resident memory.
+package bench
 
 import (
 	"bufio"
@@ -7,7 +11,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,7 +19,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,34 +31,37 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/reprocessor/reprocessor/config"
+	"github.com/reprocessor/reprocessor/graph"
 	"github.com/reprocessor/reprocessor/graph/graphtest"
+	"github.com/reprocessor/reprocessor/logging"
 	"github.com/reprocessor/reprocessor/metrics"
 	"github.com/reprocessor/reprocessor/queue"
+	"github.com/reprocessor/reprocessor/service"
+	"github.com/reprocessor/reprocessor/version"
 	"github.com/reprocessor/reprocessor/worker"
 )
 
-// benchFlags are the settings of a bench run beyond the worker's own configuration.
-type benchFlags struct {
-	ids         int
-	replicas    int
-	latency     time.Duration
-	latencyMax  time.Duration
-	throttle    float64
-	burst       int
-	errors      float64
-	unknown     float64
-	retryAfter  string
-	duration    time.Duration
-	preload     bool
-	processes   bool
-	bare        bool
-	publishRate float64
-	json        bool
-	rounds      int
+// Options are the settings of a bench run beyond the worker's own configuration.
+type Options struct {
+	IDs         int           // ids to publish
+	Replicas    int           // worker replicas sharing the queue
+	Latency     time.Duration // simulated Graph latency, the least
+	LatencyMax  time.Duration // and the most
+	Throttle    float64       // the simulated Graph admits this many calls per second, 429 beyond; 0 none
+	Burst       int           // of the throttle's token bucket; 0 a tenth of Throttle
+	Errors      float64       // share of calls answered 503 at random
+	Unknown     float64       // share of ids answered 404
+	RetryAfter  string        // Retry-After of the random 503s, seconds
+	Duration    time.Duration // stop after this long even if ids are left; 0 waits for all
+	Preload     bool          // publish every id before the workers start
+	Processes   bool          // run each replica as a child process ("reprocessor run")
+	Bare        bool          // also run the bare pipelines and compute the ratios
+	PublishRate float64       // ids published per second; 0 as fast as possible
 }
 
-// benchResult is what a bench run measured.
-type benchResult struct {
+// Result is what a bench run measured.
+type Result struct {
 	Replicas        int     `json:"replicas"`
 	Concurrency     int     `json:"concurrency"`
 	Rate            string  `json:"rate"`
@@ -93,116 +98,31 @@ type benchResult struct {
 
 const benchPrefix = "bench.reprocess"
 
-// cmdBench runs the embedded NATS server, the simulated Graph and N worker replicas, publishes
-// K ids and prints how fast and how well they were worked.
-func cmdBench(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var f benchFlags
-	fs.IntVar(&f.ids, "ids", 10_000, "ids to publish")
-	fs.IntVar(&f.replicas, "replicas", 1, "worker replicas sharing the queue")
-	fs.DurationVar(&f.latency, "latency", 0, "simulated Graph latency (the least, with --latency-max)")
-	fs.DurationVar(&f.latencyMax, "latency-max", 0, "simulated Graph latency, the most")
-	fs.Float64Var(&f.throttle, "throttle", 0, "simulated Graph admits this many calls per second (token bucket), 429 beyond; 0 none")
-	fs.IntVar(&f.burst, "throttle-burst", 0, "burst of the simulated Graph's token bucket; default a tenth of --throttle")
-	fs.Float64Var(&f.errors, "errors", 0, "share of Graph calls answered 503 at random")
-	fs.Float64Var(&f.unknown, "unknown", 0, "share of ids answered 404")
-	fs.StringVar(&f.retryAfter, "retry-after", "0.1", "Retry-After of the random 503s, seconds")
-	fs.DurationVar(&f.duration, "duration", 0, "stop after this long even if ids are left; 0 waits for all")
-	fs.BoolVar(&f.preload, "preload", false, "publish every id before the workers start (a queued backlog)")
-	fs.BoolVar(&f.processes, "processes", false, "run each replica as a child process (reprocessor run), to measure its own memory")
-	fs.BoolVar(&f.bare, "bare", true, "also run the bare pipelines (fetch, POST, ack; and the same storing an event per id) and print the ratios")
-	fs.Float64Var(&f.publishRate, "publish-rate", 0, "ids published per second; 0 as fast as possible")
-	fs.BoolVar(&f.json, "json", false, "print the result as JSON")
-	fs.IntVar(&f.rounds, "rounds", 1, "run the whole bench this many times, each on a fresh NATS server and simulated Graph, and sum up the worker's ratios to the bare pipelines by their median: on a shared machine one round's ratio swings by a fifth")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (workers, NATS, simulated Graph) to this file")
-	load := BindConfig(fs, benchEnv(getenv))
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	cfg, err := load()
-	if err != nil {
-		fmt.Fprintf(stderr, "reprocessor bench: invalid configuration:\n%v\n", err)
-		return exitUsage
-	}
-	if f.ids < 1 || f.replicas < 1 || f.rounds < 1 || f.throttle < 0 || f.errors < 0 || f.errors > 1 || f.unknown < 0 || f.unknown > 1 || fs.NArg() > 0 {
-		fmt.Fprintln(stderr, "reprocessor bench: --ids, --replicas and --rounds must be at least 1, --throttle at least 0, --errors and --unknown between 0 and 1, and no arguments")
-		return exitUsage
-	}
-	log, err := NewLogger(stderr, cfg.LogLevel, cfg.LogFormat, cfg.Secrets())
-	if err != nil {
-		fmt.Fprintf(stderr, "reprocessor bench: %v\n", err)
-		return exitUsage
-	}
-	if *cpuProfile != "" {
-		pf, err := os.Create(*cpuProfile)
-		if err != nil {
-			fmt.Fprintf(stderr, "reprocessor bench: %v\n", err)
-			return exitUsage
-		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			fmt.Fprintf(stderr, "reprocessor bench: %v\n", err)
-			return exitFailed
-		}
-		defer pprof.StopCPUProfile()
-	}
-	var rounds benchRounds
-	for i := range f.rounds {
-		res, err := runBench(ctx, cfg, f, log, stderr)
-		if err != nil {
-			fmt.Fprintf(stderr, "reprocessor bench: %v\n", err)
-			return exitFailed
-		}
-		rounds.Rounds = append(rounds.Rounds, res)
-		if !f.json {
-			if f.rounds > 1 {
-				fmt.Fprintf(stdout, "— round %d of %d —\n", i+1, f.rounds)
-			}
-			res.print(stdout)
-		}
-	}
-	rounds.sum()
-	switch {
-	case f.json && f.rounds == 1:
-		writeJSON(stdout, rounds.Rounds[0])
-	case f.json:
-		writeJSON(stdout, rounds)
-	case f.rounds > 1:
-		rounds.print(stdout)
-	}
-	return exitOK
+// Rounds are the results of several runs of the same bench, summed up by medians.
+type Rounds struct {
+	Rounds                   []Result `json:"rounds"`
+	MedianIdsPerSecond       float64  `json:"medianIdsPerSecond"`
+	MedianRatioToBare        float64  `json:"medianRatioToBare,omitempty"`
+	MedianRatioToBarePublish float64  `json:"medianRatioToBarePublish,omitempty"`
 }
 
-func writeJSON(w io.Writer, v any) {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
-
-// benchRounds are the results of several runs of the same bench, summed up by medians.
-type benchRounds struct {
-	Rounds                   []benchResult `json:"rounds"`
-	MedianIdsPerSecond       float64       `json:"medianIdsPerSecond"`
-	MedianRatioToBare        float64       `json:"medianRatioToBare,omitempty"`
-	MedianRatioToBarePublish float64       `json:"medianRatioToBarePublish,omitempty"`
-}
-
-func (r *benchRounds) sum() {
-	field := func(get func(benchResult) float64) float64 {
+// Sum sets the medians of the rounds.
+func (r *Rounds) Sum() {
+	field := func(get func(Result) float64) float64 {
 		v := make([]float64, len(r.Rounds))
 		for i, res := range r.Rounds {
 			v[i] = get(res)
 		}
 		return median(v)
 	}
-	r.MedianIdsPerSecond = field(func(b benchResult) float64 { return b.IdsPerSecond })
-	r.MedianRatioToBare = field(func(b benchResult) float64 { return b.RatioToBare })
-	r.MedianRatioToBarePublish = field(func(b benchResult) float64 { return b.RatioToBarePublish })
+	r.MedianIdsPerSecond = field(func(b Result) float64 { return b.IdsPerSecond })
+	r.MedianRatioToBare = field(func(b Result) float64 { return b.RatioToBare })
+	r.MedianRatioToBarePublish = field(func(b Result) float64 { return b.RatioToBarePublish })
 }
 
-func (r benchRounds) print(w io.Writer) {
-	ratios := func(get func(benchResult) float64) string {
+// Print writes the medians and each round's ratios.
+func (r Rounds) Print(w io.Writer) {
+	ratios := func(get func(Result) float64) string {
 		parts := make([]string, len(r.Rounds))
 		for i, res := range r.Rounds {
 			parts[i] = fmt.Sprintf("%.2f", get(res))
@@ -212,8 +132,8 @@ func (r benchRounds) print(w io.Writer) {
 	fmt.Fprintf(w, "— over %d rounds —\n", len(r.Rounds))
 	fmt.Fprintf(w, "throughput     median %.1f ids/s\n", r.MedianIdsPerSecond)
 	if r.MedianRatioToBare > 0 {
-		fmt.Fprintf(w, "bare pipeline  the worker does %.2f of it (median; rounds: %s)\n", r.MedianRatioToBare, ratios(func(b benchResult) float64 { return b.RatioToBare }))
-		fmt.Fprintf(w, "bare + publish the worker does %.2f of it (median; rounds: %s)\n", r.MedianRatioToBarePublish, ratios(func(b benchResult) float64 { return b.RatioToBarePublish }))
+		fmt.Fprintf(w, "bare pipeline  the worker does %.2f of it (median; rounds: %s)\n", r.MedianRatioToBare, ratios(func(b Result) float64 { return b.RatioToBare }))
+		fmt.Fprintf(w, "bare + publish the worker does %.2f of it (median; rounds: %s)\n", r.MedianRatioToBarePublish, ratios(func(b Result) float64 { return b.RatioToBarePublish }))
 	}
 }
 
@@ -230,9 +150,9 @@ func median(v []float64) float64 {
 	return v[len(v)/2]
 }
 
-// benchEnv gives the bench's defaults: quiet logs, no HTTP listener, no state tracking, no
+// Env gives the bench's defaults: quiet logs, no HTTP listener, no state tracking, no
 // coalescing window, concurrency 64; and ignores the NATS and Graph of the environment.
-func benchEnv(getenv func(string) string) func(string) string {
+func Env(getenv func(string) string) func(string) string {
 	defaults := map[string]string{
 		"REPROCESSOR_LOG_LEVEL":       "error",
 		"REPROCESSOR_HTTP_ADDR":       "off",
@@ -374,22 +294,24 @@ func (b *benchClock) record(data []byte, at, end int64) {
 	b.lastEnd = max(b.lastEnd, at)
 }
 
-func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, stderr io.Writer) (benchResult, error) {
-	res := benchResult{Replicas: f.replicas, Concurrency: cfg.Concurrency, ThrottleRate: f.throttle, Ids: f.ids, Rate: "auto"}
+// Run runs the bench once, on a fresh NATS server and simulated Graph, and returns what it
+// measured; stderr receives the workers' logs.
+func Run(ctx context.Context, cfg config.Config, f Options, log *slog.Logger, stderr io.Writer) (Result, error) {
+	res := Result{Replicas: f.Replicas, Concurrency: cfg.Concurrency, ThrottleRate: f.Throttle, Ids: f.IDs, Rate: "auto"}
 	if !cfg.RateAuto {
-		res.Rate = formatFloat(cfg.Rate)
+		res.Rate = strconv.FormatFloat(cfg.Rate, 'g', -1, 64)
 	}
 	gt, err := graphtest.Start(graphtest.Options{
-		LatencyMin: f.latency, LatencyMax: max(f.latency, f.latencyMax),
-		UnavailableRate: f.errors, UnknownRate: f.unknown, RandomRetryAfter: f.retryAfter,
-		MaxRecordedCalls: min(3*f.ids+1000, 300_000),
+		LatencyMin: f.Latency, LatencyMax: max(f.Latency, f.LatencyMax),
+		UnavailableRate: f.Errors, UnknownRate: f.Unknown, RandomRetryAfter: f.RetryAfter,
+		MaxRecordedCalls: min(3*f.IDs+1000, 300_000),
 	})
 	if err != nil {
 		return res, fmt.Errorf("simulated Graph: %w", err)
 	}
 	defer gt.Close()
-	if f.throttle > 0 {
-		gt.SetRateLimit(f.throttle, cmp.Or(f.burst, max(1, int(f.throttle/10))))
+	if f.Throttle > 0 {
+		gt.SetRateLimit(f.Throttle, cmp.Or(f.Burst, max(1, int(f.Throttle/10))))
 	}
 	dir, err := os.MkdirTemp("", "reprocessor-bench-")
 	if err != nil {
@@ -413,12 +335,12 @@ func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, s
 	cfg.NATSURL, cfg.GraphURL, cfg.Cloud = emb.ClientURL(), gt.URL, "public"
 	env := gt.Env("")
 	cfg.AzureAuthorityHost = env["AZURE_AUTHORITY_HOST"]
-	qc := queueConfig(cfg)
+	qc := cfg.Queue()
 	if _, err := queue.Setup(ctx, js, qc, log); err != nil {
 		return res, err
 	}
 
-	bc := &benchClock{published: make([]atomic.Int64, f.ids)}
+	bc := &benchClock{published: make([]atomic.Int64, f.IDs)}
 	bc.start = time.Now()
 	requests := cfg.SubjectPrefix + ".requests"
 	cons, err := js.Consumer(ctx, queue.DefaultRequestsStream, queue.DefaultDurable)
@@ -426,7 +348,7 @@ func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, s
 		return res, err
 	}
 
-	if f.preload {
+	if f.Preload {
 		if err := benchPublish(ctx, js, requests, bc, 0); err != nil {
 			return res, err
 		}
@@ -439,9 +361,9 @@ func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, s
 	workStart, cpuStart := bc.since(), processCPU()
 	pubErr := make(chan error, 1)
 	published := make(chan struct{})
-	if !f.preload {
+	if !f.Preload {
 		go func() {
-			err := benchPublish(ctx, js, requests, bc, f.publishRate)
+			err := benchPublish(ctx, js, requests, bc, f.PublishRate)
 			close(published)
 			pubErr <- err
 		}()
@@ -453,8 +375,8 @@ func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, s
 	sampled := make(chan struct{})
 	go func() { defer close(sampled); mem.run(sampleCtx) }()
 	var limit <-chan time.Time
-	if f.duration > 0 {
-		t := time.NewTimer(f.duration)
+	if f.Duration > 0 {
+		t := time.NewTimer(f.Duration)
 		defer t.Stop()
 		limit = t.C
 	}
@@ -469,13 +391,13 @@ func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, s
 	if err := bc.readEvents(context.WithoutCancel(ctx), js, queue.DefaultEventsStream, cfg.SubjectPrefix, end); err != nil {
 		return res, fmt.Errorf("read the events: %w", err)
 	}
-	if bc.completed == f.ids {
+	if bc.completed == f.IDs {
 		end = bc.lastEnd
 	}
 
 	res.Seconds = float64(end-workStart) / 1e9
 	res.Completed, res.Accepted = bc.completed, bc.accepted
-	if !f.processes && res.Completed > 0 {
+	if !f.Processes && res.Completed > 0 {
 		res.CPUPerIDMicros = math.Round(float64(cpu)/1e3/float64(res.Completed)*10) / 10
 	}
 	res.IdsPerSecond = float64(res.Completed) / res.Seconds
@@ -509,14 +431,14 @@ func runBench(ctx context.Context, cfg Config, f benchFlags, log *slog.Logger, s
 	res.ToCallP50MS, res.ToCallP95MS, res.ToCallP99MS = percentiles(toCall)
 	res.ToEventP50MS, res.ToEventP95MS, res.ToEventP99MS = percentiles(toEvent)
 	res.PeakHeapMiB, res.PeakRSSMiB, res.RSSFirstHalfMiB, res.RSSLastHalfMiB = mem.summary()
-	if f.processes {
+	if f.Processes {
 		res.PeakHeapMiB = 0 // the children's heap is not visible from here
 	}
 
-	if f.bare && ctx.Err() == nil {
+	if f.Bare && ctx.Err() == nil {
 		n := res.Completed
 		if n == 0 {
-			n = f.ids
+			n = f.IDs
 		}
 		perSec, cpu, err := runBare(ctx, cfg, js, gt, n, false, log)
 		if err != nil {
@@ -593,42 +515,42 @@ func percentiles(v []float64) (p50, p95, p99 float64) {
 // benchReplicas are the running worker replicas.
 type benchReplicas struct{ stop func() }
 
-func startBenchReplicas(ctx context.Context, cfg Config, f benchFlags, gt *graphtest.Server, dir string, mem *memSampler) (benchReplicas, error) {
+func startBenchReplicas(ctx context.Context, cfg config.Config, f Options, gt *graphtest.Server, dir string, mem *memSampler) (benchReplicas, error) {
 	env := gt.Env("")
-	if f.processes {
+	if f.Processes {
 		caFile, err := gt.WriteCAFile(dir)
 		if err != nil {
 			return benchReplicas{}, err
 		}
 		env["SSL_CERT_FILE"] = caFile
-		return startChildReplicas(cfg, f.replicas, env, mem)
+		return startChildReplicas(cfg, f.Replicas, env, mem)
 	}
 	mem.pids = []int{os.Getpid()}
 	mem.heap = true
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	errs := make(chan error, f.replicas)
-	up := make(chan struct{}, f.replicas)
-	for r := range f.replicas {
+	errs := make(chan error, f.Replicas)
+	up := make(chan struct{}, f.Replicas)
+	for r := range f.Replicas {
 		c := cfg
 		c.Instance = fmt.Sprintf("bench-%d", r+1)
 		log := slog.New(slog.DiscardHandler)
 		if cfg.LogLevel != "error" {
-			log, _ = NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat, nil)
+			log, _ = logging.New(os.Stderr, cfg.LogLevel, cfg.LogFormat, nil)
 			log = log.With("replica", c.Instance)
 		}
 		wg.Go(func() {
-			err := runWorker(runCtx, c, log, func(k string) string { return env[k] }, runOptions{
-				graphHTTP: gt.Client(),
-				registry:  prometheus.NewRegistry(),
-				started:   func(started) { up <- struct{}{} },
+			err := service.Run(runCtx, c, log, func(k string) string { return env[k] }, service.Options{
+				GraphHTTP: gt.Client(),
+				Registry:  prometheus.NewRegistry(),
+				Started:   func(service.Started) { up <- struct{}{} },
 			})
 			if err != nil {
 				errs <- err
 			}
 		})
 	}
-	for range f.replicas {
+	for range f.Replicas {
 		select {
 		case <-up:
 		case err := <-errs:
@@ -642,17 +564,16 @@ func startBenchReplicas(ctx context.Context, cfg Config, f benchFlags, gt *graph
 
 // startChildReplicas runs each replica as "reprocessor run" in a child process with the
 // bench's configuration in its environment.
-func startChildReplicas(cfg Config, n int, graphEnv map[string]string, mem *memSampler) (benchReplicas, error) {
+func startChildReplicas(cfg config.Config, n int, graphEnv map[string]string, mem *memSampler) (benchReplicas, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return benchReplicas{}, err
 	}
 	base := os.Environ()
-	for _, s := range cfg.settings() {
-		if s.secret() || strings.HasPrefix(s.env, "AZURE_") || strings.HasPrefix(s.env, "NATS_") {
-			continue
+	for _, kv := range cfg.Environ() {
+		if !strings.HasPrefix(kv, "AZURE_") && !strings.HasPrefix(kv, "NATS_") {
+			base = append(base, kv)
 		}
-		base = append(base, s.env+"="+s.value.String())
 	}
 	base = append(base, "NATS_URL="+cfg.NATSURL)
 	for k, v := range graphEnv {
@@ -743,18 +664,18 @@ func readRSS(pid int) uint64 {
 // queue of n ids, fetched, POSTed with the same Graph client and concurrency, acked;
 // nothing else (no events, no limiter, no retries). It returns ids per second and the
 // process's CPU time per id in microseconds.
-func runBare(ctx context.Context, cfg Config, js jetstream.JetStream, gt *graphtest.Server, n int, publish bool, log *slog.Logger) (perSec, cpuPerID float64, err error) {
+func runBare(ctx context.Context, cfg config.Config, js jetstream.JetStream, gt *graphtest.Server, n int, publish bool, log *slog.Logger) (perSec, cpuPerID float64, err error) {
 	gt.SetRateLimit(0, 0)
 	env := gt.Env("")
-	m := metrics.New(prometheus.NewRegistry(), buildInfo())
-	cred, client, err := newGraph(cfg, func(k string) string { return env[k] }, gt.Client(), m, log, nil)
+	m := metrics.New(prometheus.NewRegistry(), version.Info())
+	gs := cfg.Graph()
+	gs.HTTPClient, gs.Observe, gs.Logger = gt.Client(), m.ObserveGraph, log
+	session, err := graph.Open(func(k string) string { return env[k] }, gs)
 	if err != nil {
 		return 0, 0, err
 	}
-	credCtx, stopCred := context.WithCancel(ctx)
-	credDone := make(chan struct{})
-	go func() { defer close(credDone); cred.Run(credCtx) }()
-	defer func() { stopCred(); <-credDone; cred.Close() }()
+	defer session.Close()
+	cred, client := session.Credential, session.Client
 
 	stream, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_BARE", Subjects: []string{"bench.bare"}, Retention: jetstream.WorkQueuePolicy})
 	if err != nil {
@@ -848,7 +769,8 @@ func barePublishEvent(ctx context.Context, pub *queue.AckedPublisher, msg jetstr
 	return err
 }
 
-func (r benchResult) print(w io.Writer) {
+// Print writes the result as text.
+func (r Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "replicas %d, concurrency %d, rate %s, simulated Graph throttle %g/s\n", r.Replicas, r.Concurrency, r.Rate, r.ThrottleRate)
 	fmt.Fprintf(w, "ids            %d of %d completed (%d accepted) in %.1fs\n", r.Completed, r.Ids, r.Accepted, r.Seconds)
 	fmt.Fprintf(w, "throughput     %.1f ids/s, %.1f accepted/s\n", r.IdsPerSecond, r.AcceptedPerSec)

@@ -1,4 +1,6 @@
-package main
+// Package logging builds the process's slog logger, which blanks every secret it is
+// given wherever it would appear, and the Redactor it uses for other text.
+package logging
 
 import (
 	"cmp"
@@ -15,21 +17,21 @@ import (
 // redacted replaces a secret wherever one would be shown.
 const redacted = queue.RedactedMarker
 
-// minSecretLen is the length below which a value is not redacted from text: shorter
+// MinSecretLen is the length below which a value is not redacted from text: shorter
 // values would mangle ordinary words and numbers, and protect nothing anyway.
-const minSecretLen = 4
+const MinSecretLen = 4
 
-// NewLogger returns a logger writing to w in format "text" or "json" at level "debug",
+// New returns a logger writing to w in format "text" or "json" at level "debug",
 // "info", "warn" or "error" (empty means text and info). Every secret of at least
-// minSecretLen characters is replaced by [REDACTED] in the message, in attribute keys and
+// MinSecretLen characters is replaced by [REDACTED] in the message, in attribute keys and
 // string values (in groups too), in errors, and in any other value whose text holds it.
-func NewLogger(w io.Writer, level, format string, secrets []string) (*slog.Logger, error) {
-	lvl, ok := logLevel(cmp.Or(level, "info"))
+func New(w io.Writer, level, format string, secrets []string) (*slog.Logger, error) {
+	lvl, ok := ParseLevel(cmp.Or(level, "info"))
 	if !ok {
 		return nil, fmt.Errorf("log level: must be one of debug, info, warn, error, got %q", level)
 	}
 	opts := &slog.HandlerOptions{Level: lvl}
-	if r := newRedactor(secrets); r != nil {
+	if r := NewRedactor(secrets); r != nil {
 		opts.ReplaceAttr = r.replaceAttr
 	}
 	switch strings.ToLower(cmp.Or(format, "text")) {
@@ -41,8 +43,8 @@ func NewLogger(w io.Writer, level, format string, secrets []string) (*slog.Logge
 	return nil, fmt.Errorf("log format: must be text or json, got %q", format)
 }
 
-// logLevel maps a level name, in any case, to its slog level.
-func logLevel(name string) (slog.Level, bool) {
+// ParseLevel maps a level name, in any case, to its slog level.
+func ParseLevel(name string) (slog.Level, bool) {
 	switch strings.ToLower(name) {
 	case "debug":
 		return slog.LevelDebug, true
@@ -56,17 +58,17 @@ func logLevel(name string) (slog.Level, bool) {
 	return 0, false
 }
 
-// redactor replaces secrets in text.
-type redactor struct {
+// Redactor replaces secrets in text.
+type Redactor struct {
 	replacer *strings.Replacer
 }
 
-// newRedactor returns a redactor of the secrets at least minSecretLen long, or nil when
-// there is none. The nil redactor returns text unchanged.
-func newRedactor(secrets []string) *redactor {
+// NewRedactor returns a Redactor of the secrets at least MinSecretLen long, or nil when
+// there is none. The nil Redactor returns text unchanged.
+func NewRedactor(secrets []string) *Redactor {
 	var long []string
 	for _, s := range secrets {
-		if len(s) >= minSecretLen && !slices.Contains(long, s) {
+		if len(s) >= MinSecretLen && !slices.Contains(long, s) {
 			long = append(long, s)
 		}
 	}
@@ -80,10 +82,11 @@ func newRedactor(secrets []string) *redactor {
 	for _, s := range long {
 		pairs = append(pairs, s, redacted)
 	}
-	return &redactor{replacer: strings.NewReplacer(pairs...)}
+	return &Redactor{replacer: strings.NewReplacer(pairs...)}
 }
 
-func (r *redactor) redact(s string) string {
+// Redact returns s with every secret replaced by [REDACTED].
+func (r *Redactor) Redact(s string) string {
 	if r == nil {
 		return s
 	}
@@ -92,16 +95,16 @@ func (r *redactor) redact(s string) string {
 
 // replaceAttr is a slog.HandlerOptions.ReplaceAttr that redacts secrets. The handler has
 // resolved LogValuers and walks into groups itself; the message comes as the "msg" attr.
-func (r *redactor) replaceAttr(_ []string, a slog.Attr) slog.Attr {
-	a.Key = r.redact(a.Key)
+func (r *Redactor) replaceAttr(_ []string, a slog.Attr) slog.Attr {
+	a.Key = r.Redact(a.Key)
 	switch a.Value.Kind() {
 	case slog.KindString:
-		a.Value = slog.StringValue(r.redact(a.Value.String()))
+		a.Value = slog.StringValue(r.Redact(a.Value.String()))
 	case slog.KindAny:
 		// Errors, Stringers, byte slices, structs: if their text holds a secret, log the
 		// redacted text in their place.
 		text := anyText(a.Value.Any())
-		if red := r.redact(text); red != text {
+		if red := r.Redact(text); red != text {
 			a.Value = slog.StringValue(red)
 		}
 	}

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -431,7 +431,7 @@ func writeIDFile(tb testing.TB, n, salt int) string {
 // BenchmarkEnqueue100k publishes 100,000 ids from a file into a loopback NATS server and
 // reports ids/s. Run it with
 //
-//	go test -run '^$' -bench 'Enqueue' -benchtime 1x ./cmd/reprocessor
+//	go test -run '^$' -bench 'Enqueue' -benchtime 1x ./cli
 func BenchmarkEnqueue100k(b *testing.B) {
 	sys := newBenchSystem(b)
 	sys.ensureStreams()

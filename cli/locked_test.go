@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -94,7 +94,7 @@ func TestLockedDownAccount(t *testing.T) {
 // TestLockedDownPermissionsDocumented keeps README's permission block and the test's in step.
 func TestLockedDownPermissionsDocumented(t *testing.T) {
 	t.Parallel()
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -7,7 +7,9 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -16,17 +18,22 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
+	"github.com/reprocessor/reprocessor/config"
 	"github.com/reprocessor/reprocessor/graph/graphtest"
-	"github.com/reprocessor/reprocessor/internal/testutil"
+	"github.com/reprocessor/reprocessor/internal/testsync"
+	"github.com/reprocessor/reprocessor/logging"
 	"github.com/reprocessor/reprocessor/queue"
+	"github.com/reprocessor/reprocessor/service"
 	"github.com/reprocessor/reprocessor/worker"
 )
 
 func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) == "1" {
 		// This test binary is standing in for the reprocessor binary (see startChild).
-		main()
-		return
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := Main(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
 	}
 	goleak.VerifyTestMain(m,
 		// The HTTP/2 client transport keeps a read loop per idle connection until it closes.
@@ -34,11 +41,12 @@ func TestMain(m *testing.M) {
 	)
 }
 
-// childEnv makes the test binary run main(): process-level tests start it as the worker.
+// childEnv makes the test binary run Main as cmd/reprocessor does: process-level tests
+// start it as the worker.
 const childEnv = "REPROCESSOR_TEST_CHILD"
 
 // syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer = testutil.SyncBuffer
+type syncBuffer = testsync.SyncBuffer
 
 // env is a fake environment.
 type env map[string]string
@@ -130,20 +138,20 @@ func (s *system) startWorker(overrides env) *runningWorker {
 	for k, v := range overrides {
 		e[k] = v
 	}
-	cfg, _, err := LoadConfig(nil, e.get)
+	cfg, _, err := config.Load(nil, e.get)
 	if err != nil {
 		s.t.Fatalf("config: %v", err)
 	}
 	logs := &syncBuffer{}
-	log, err := NewLogger(io.MultiWriter(logs, testWriter{s.t}), cfg.LogLevel, cfg.LogFormat, cfg.Secrets())
+	log, err := logging.New(io.MultiWriter(logs, testWriter{s.t}), cfg.LogLevel, cfg.LogFormat, cfg.Secrets())
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &runningWorker{t: s.t, cancel: cancel, done: make(chan error, 1), logs: logs}
-	up := make(chan started, 1)
+	up := make(chan service.Started, 1)
 	go func() {
-		w.done <- runWorker(ctx, cfg, log, e.get, runOptions{graphHTTP: s.gt.Client(), started: func(st started) { up <- st }})
+		w.done <- service.Run(ctx, cfg, log, e.get, service.Options{GraphHTTP: s.gt.Client(), Started: func(st service.Started) { up <- st }})
 	}()
 	select {
 	case st := <-up:
@@ -339,6 +347,18 @@ func (s *system) pending() (uint64, uint64) {
 	return info.NumPending, uint64(info.NumAckPending)
 }
 
+// deadLetters waits until the dead-letter stream holds n messages and returns them: a
+// dead letter is stored after its request's event, so seeing the events is not enough.
+func (s *system) deadLetters(n int) []jetstream.Msg {
+	s.t.Helper()
+	var dl []jetstream.Msg
+	s.waitFor(fmt.Sprintf("%d dead letters", n), 30*time.Second, func() bool {
+		dl = s.streamMessages("REPROCESS_DLQ")
+		return len(dl) >= n
+	})
+	return dl
+}
+
 func (s *system) waitFor(what string, timeout time.Duration, cond func() bool) {
 	s.t.Helper()
 	waitUntil(s.t, what, timeout, cond)
@@ -346,7 +366,7 @@ func (s *system) waitFor(what string, timeout time.Duration, cond func() bool) {
 
 func waitUntil(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	testutil.Poll(t, what, timeout, 20*time.Millisecond, cond)
+	testsync.Poll(t, what, timeout, 20*time.Millisecond, cond)
 }
 
 // kinds counts events per kind.

@@ -1,4 +1,4 @@
-package main
+package service
 
 import (
 	"fmt"
@@ -6,6 +6,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/reprocessor/reprocessor/config"
 	"github.com/reprocessor/reprocessor/metrics"
 	"github.com/reprocessor/reprocessor/queue"
 	"github.com/reprocessor/reprocessor/ratelimit"
@@ -26,7 +27,7 @@ type rateControl struct {
 
 // startRateControl builds the gate and the limiter the configuration asks for and joins the
 // deployment's control subjects on nc. Close leaves them.
-func startRateControl(cfg Config, nc *nats.Conn, m *metrics.Metrics, log *slog.Logger) (*rateControl, error) {
+func startRateControl(cfg config.Config, nc *nats.Conn, m *metrics.Metrics, log *slog.Logger) (*rateControl, error) {
 	rc := &rateControl{gate: worker.NewGate(nil, m)}
 	switch {
 	case cfg.RateAuto:
@@ -67,7 +68,7 @@ func startRateControl(cfg Config, nc *nats.Conn, m *metrics.Metrics, log *slog.L
 }
 
 // describe says which rate is in force, for the log.
-func (rc *rateControl) describe(cfg Config) any {
+func (rc *rateControl) describe(cfg config.Config) any {
 	switch {
 	case cfg.RateAuto:
 		return fmt.Sprintf("auto (from %g/s, ceiling %g/s)", rc.adaptive.Rate(), cfg.RateCeiling)

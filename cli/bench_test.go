@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -14,13 +14,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/reprocessor/reprocessor/config"
 	"github.com/reprocessor/reprocessor/graph/graphtest"
+	"github.com/reprocessor/reprocessor/service"
 )
 
 // Benchmarks of the whole path, request consumed → Graph call → event published → ack,
 // against the simulated Graph at zero latency with no rate limit. Run them with
 //
-//	go test -run '^$' -bench . -benchtime 1x ./cmd/reprocessor
+//	go test -run '^$' -bench . -benchtime 1x ./cli
 //
 // They print ids/s, the publish-to-Graph latency at idle, and the worker's peak resident
 // memory with 100,000 ids queued.
@@ -36,16 +38,16 @@ func benchWorker(b *testing.B, sys *system, overrides env) func() {
 	for k, v := range overrides {
 		e[k] = v
 	}
-	cfg, _, err := LoadConfig(nil, e.get)
+	cfg, _, err := config.Load(nil, e.get)
 	if err != nil {
 		b.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
-	up := make(chan started, 1)
+	up := make(chan service.Started, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- runWorker(ctx, cfg, log, e.get, runOptions{graphHTTP: sys.gt.Client(), started: func(s started) { up <- s }})
+		done <- service.Run(ctx, cfg, log, e.get, service.Options{GraphHTTP: sys.gt.Client(), Started: func(s service.Started) { up <- s }})
 	}()
 	select {
 	case <-up:

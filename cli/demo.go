@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -16,9 +16,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/reprocessor/reprocessor/config"
 	"github.com/reprocessor/reprocessor/graph/graphtest"
 	"github.com/reprocessor/reprocessor/idlist"
+	"github.com/reprocessor/reprocessor/logging"
 	"github.com/reprocessor/reprocessor/queue"
+	"github.com/reprocessor/reprocessor/service"
 	"github.com/reprocessor/reprocessor/worker"
 )
 
@@ -30,7 +33,7 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	fs.SetOutput(stderr)
 	count := fs.Int("ids", 0, "publish this many sample requests, wait for their events and stop (0: until Ctrl-C)")
 	perSecond := fs.Float64("per-second", 10, "sample requests published per second")
-	load := BindConfig(fs, demoEnv(getenv, nil))
+	load := config.Bind(fs, demoEnv(getenv, nil))
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -46,7 +49,7 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	if getenv("REPROCESSOR_LOG_LEVEL") == "" {
 		cfg.LogLevel = "error" // the demo prints the events; the worker's warnings would repeat them
 	}
-	log, err := NewLogger(stderr, cfg.LogLevel, cfg.LogFormat, cfg.Secrets())
+	log, err := logging.New(stderr, cfg.LogLevel, cfg.LogFormat, cfg.Secrets())
 	if err != nil {
 		fmt.Fprintf(stderr, "reprocessor demo: %v\n", err)
 		return exitUsage
@@ -85,12 +88,12 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	up := make(chan started, 1)
+	up := make(chan service.Started, 1)
 	workerDone := make(chan error, 1)
 	go func() {
-		workerDone <- runWorker(ctx, cfg, log, env, runOptions{graphHTTP: gt.Client(), started: func(s started) { up <- s }})
+		workerDone <- service.Run(ctx, cfg, log, env, service.Options{GraphHTTP: gt.Client(), Started: func(s service.Started) { up <- s }})
 	}()
-	var s started
+	var s service.Started
 	select {
 	case s = <-up:
 	case err := <-workerDone:

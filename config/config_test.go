@@ -1,8 +1,9 @@
-package main
+package config
 
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,10 +16,17 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/reprocessor/reprocessor/logging"
 )
 
 // readEnvFile reads a testdata file of VAR=value lines; "# want: " lines give the exact
 // lines of the expected error, in order; other "#" lines are comments.
+// env is a fake environment.
+type env map[string]string
+
+func (e env) get(name string) string { return e[name] }
+
 func readEnvFile(t *testing.T, path string) (env, []string) {
 	t.Helper()
 	f, err := os.Open(path)
@@ -51,7 +59,7 @@ func readEnvFile(t *testing.T, path string) (env, []string) {
 
 func TestLoadConfigDefaults(t *testing.T) {
 	t.Parallel()
-	cfg, rest, err := LoadConfig(nil, env{"REPROCESSOR_INSTANCE": "test-1"}.get)
+	cfg, rest, err := Load(nil, env{"REPROCESSOR_INSTANCE": "test-1"}.get)
 	if err != nil {
 		t.Fatalf("LoadConfig: %v", err)
 	}
@@ -101,7 +109,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 
 func TestLoadConfigInstanceDefaultsToHostname(t *testing.T) {
 	t.Parallel()
-	cfg, _, err := LoadConfig(nil, env{}.get)
+	cfg, _, err := Load(nil, env{}.get)
 	if err != nil {
 		t.Fatalf("LoadConfig: %v", err)
 	}
@@ -119,10 +127,10 @@ func TestLoadConfigInstanceDefaultsToHostname(t *testing.T) {
 func loadFull(t *testing.T) Config {
 	t.Helper()
 	vars, _ := readEnvFile(t, filepath.Join("testdata", "full.env"))
-	cfg, _, err := LoadConfig(nil, vars.get)
+	cfg, _, err := Load(nil, vars.get)
 	const only = "NATS_CREDS: set together with NATS_NKEY, NATS_USER, NATS_TOKEN: choose one way to authenticate to NATS"
 	if err == nil || err.Error() != only {
-		t.Fatalf("LoadConfig(full.env) = %v, want only %q", err, only)
+		t.Fatalf("Load(full.env) = %v, want only %q", err, only)
 	}
 	return cfg
 }
@@ -227,7 +235,7 @@ func TestSettingsCoverConfig(t *testing.T) {
 func TestFlagNames(t *testing.T) {
 	t.Parallel()
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
-	BindConfig(fs, env{}.get)
+	Bind(fs, env{}.get)
 	var names []string
 	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
 	for _, want := range []string{
@@ -274,7 +282,7 @@ func TestFlagsOverrideEnvironment(t *testing.T) {
 		"--cloud", "China",
 		"run", "--not-a-config-flag", "x",
 	}
-	cfg, rest, err := LoadConfig(args, vars.get)
+	cfg, rest, err := Load(args, vars.get)
 	if err != nil {
 		t.Fatalf("LoadConfig: %v", err)
 	}
@@ -305,7 +313,7 @@ func TestFlagsOverrideEnvironment(t *testing.T) {
 
 func TestBoolFlagAlone(t *testing.T) {
 	t.Parallel()
-	cfg, _, err := LoadConfig([]string{"--no-create", "--precheck"}, env{"REPROCESSOR_INSTANCE": "i"}.get)
+	cfg, _, err := Load([]string{"--no-create", "--precheck"}, env{"REPROCESSOR_INSTANCE": "i"}.get)
 	if err != nil {
 		t.Fatalf("LoadConfig: %v", err)
 	}
@@ -318,7 +326,7 @@ func TestBindConfigWithSubcommandFlags(t *testing.T) {
 	t.Parallel()
 	fs := flag.NewFlagSet("enqueue", flag.ContinueOnError)
 	file := fs.String("file", "", "ids to enqueue")
-	load := BindConfig(fs, env{"REPROCESSOR_RATE": "5", "REPROCESSOR_INSTANCE": "i"}.get)
+	load := Bind(fs, env{"REPROCESSOR_RATE": "5", "REPROCESSOR_INSTANCE": "i"}.get)
 	if err := fs.Parse([]string{"--file", "ids.txt", "--concurrency", "2"}); err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +352,7 @@ func TestCloudGraphURL(t *testing.T) {
 		{"public", "https://graph.example.com/proxy/", "https://graph.example.com/proxy"},
 	} {
 		vars := env{"REPROCESSOR_CLOUD": c.cloud, "REPROCESSOR_GRAPH_URL": c.graphURL, "REPROCESSOR_INSTANCE": "i"}
-		cfg, _, err := LoadConfig(nil, vars.get)
+		cfg, _, err := Load(nil, vars.get)
 		if err != nil {
 			t.Errorf("cloud %q, graph URL %q: %v", c.cloud, c.graphURL, err)
 			continue
@@ -376,7 +384,7 @@ func TestBadConfigs(t *testing.T) {
 			if vars["REPROCESSOR_INSTANCE"] == "" {
 				vars["REPROCESSOR_INSTANCE"] = "test-1"
 			}
-			cfg, _, err := LoadConfig(nil, vars.get)
+			cfg, _, err := Load(nil, vars.get)
 			if err == nil {
 				t.Fatalf("no error, want:\n%s", strings.Join(want, "\n"))
 			}
@@ -408,18 +416,18 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--azure-client-secret", "x"}, "flag provided but not defined: -azure-client-secret"},
 		{[]string{"--concurrency", "0"}, `REPROCESSOR_CONCURRENCY: must be between 1 and 10000, got "0"`},
 	} {
-		_, _, err := LoadConfig(c.args, env{"REPROCESSOR_INSTANCE": "i"}.get)
+		_, _, err := Load(c.args, env{"REPROCESSOR_INSTANCE": "i"}.get)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("LoadConfig(%q) = %v, want an error containing %q", c.args, err, c.want)
+			t.Errorf("Load(%q) = %v, want an error containing %q", c.args, err, c.want)
 		}
 	}
 }
 
 func TestHelp(t *testing.T) {
 	t.Parallel()
-	_, _, err := LoadConfig([]string{"-h"}, env{}.get)
+	_, _, err := Load([]string{"-h"}, env{}.get)
 	if !errors.Is(err, flag.ErrHelp) {
-		t.Errorf("LoadConfig(-h) = %v, want flag.ErrHelp", err)
+		t.Errorf("Load(-h) = %v, want flag.ErrHelp", err)
 	}
 }
 
@@ -514,7 +522,7 @@ func TestSummary(t *testing.T) {
 		}
 	}
 
-	defaults, _, err := LoadConfig(nil, env{"REPROCESSOR_INSTANCE": "i"}.get)
+	defaults, _, err := Load(nil, env{"REPROCESSOR_INSTANCE": "i"}.get)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -558,7 +566,7 @@ func TestSecretsNeverShown(t *testing.T) {
 		fmt.Fprintf(&summary, "%s=%s\n", a.Key, a.Value)
 	}
 	var usage bytes.Buffer
-	if err := WriteConfigUsage(&usage); err != nil {
+	if err := WriteUsage(&usage); err != nil {
 		t.Fatal(err)
 	}
 	var logged bytes.Buffer
@@ -587,12 +595,12 @@ func TestSecretsNeverShown(t *testing.T) {
 	bad["REPROCESSOR_LOG_LEVEL"] = "canary-azure-secret"
 	bad["NATS_URL"] = "http://user:canary-nats-url-pw@host:80"
 	bad["AZURE_AUTHORITY_HOST"] = "http://x:canary-nats-password@login.example.com"
-	_, _, err := LoadConfig([]string{"--rate", "canary-nats-token"}, bad.get)
+	_, _, err := Load([]string{"--rate", "canary-nats-token"}, bad.get)
 	if err == nil {
 		t.Fatal("no error")
 	}
 	assertNoCanary(t, "flag error", err.Error(), canaries...)
-	cfg, _, err = LoadConfig(nil, bad.get)
+	cfg, _, err = Load(nil, bad.get)
 	if err == nil {
 		t.Fatal("no error")
 	}
@@ -625,7 +633,7 @@ func TestRedact(t *testing.T) {
 	cfg := Config{
 		NATSPassword:      "pass",
 		NATSToken:         "passphrase", // holds the password: replaced whole
-		AzureClientSecret: "abc",        // shorter than minSecretLen: left alone
+		AzureClientSecret: "abc",        // shorter than logging.MinSecretLen: left alone
 	}
 	for in, want := range map[string]string{
 		"":                           "",
@@ -640,10 +648,10 @@ func TestRedact(t *testing.T) {
 	}
 }
 
-func TestWriteConfigUsage(t *testing.T) {
+func TestWriteUsage(t *testing.T) {
 	t.Parallel()
 	var b bytes.Buffer
-	if err := WriteConfigUsage(&b); err != nil {
+	if err := WriteUsage(&b); err != nil {
 		t.Fatal(err)
 	}
 	usage := b.String()
@@ -673,5 +681,24 @@ func TestWriteConfigUsage(t *testing.T) {
 		if !strings.Contains(usage, want) {
 			t.Errorf("usage lacks %q:\n%s", want, usage)
 		}
+	}
+}
+
+func TestNewLoggerRedactsConfigSecrets(t *testing.T) {
+	t.Parallel()
+	cfg := loadFull(t)
+	for _, format := range []string{"text", "json"} {
+		var buf bytes.Buffer
+		log, err := logging.New(&buf, "info", format, cfg.Secrets())
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Info("starting", "config", cfg)
+		log.LogAttrs(context.Background(), slog.LevelInfo, "configuration", cfg.Summary()...)
+		for _, c := range canaries {
+			log.Error("call failed", "err", fmt.Errorf("token request: %w", errors.New("secret "+c+" rejected")))
+		}
+		log.Info("nats", "url", cfg.NATSURL)
+		assertNoCanary(t, format+" log", buf.String(), canaries...)
 	}
 }

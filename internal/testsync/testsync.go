@@ -1,5 +1,6 @@
-// Package testutil holds the helpers the packages' tests share. Only tests import it.
-package testutil
+// Package testsync helps tests of code that runs in other goroutines: Poll waits until a
+// condition holds, SyncBuffer collects what they write. Only tests import it.
+package testsync
 
 import (
 	"bytes"

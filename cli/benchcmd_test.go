@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -7,12 +7,14 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/reprocessor/reprocessor/bench"
 )
 
 func TestBenchCommand(t *testing.T) {
 	t.Parallel()
 	out := benchOK(t, "--ids", "300", "--replicas", "2", "--concurrency", "8", "--rate", "auto", "--unknown", "0.2", "--json")
-	var r benchResult
+	var r bench.Result
 	if err := json.Unmarshal(out, &r); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
@@ -53,7 +55,7 @@ func TestBenchCommandThrottledText(t *testing.T) {
 func TestBenchCommandStopsAfterDuration(t *testing.T) {
 	t.Parallel()
 	out := benchOK(t, "--ids", "5000", "--rate", "100", "--preload", "--duration", "1s", "--bare=false", "--json")
-	var r benchResult
+	var r bench.Result
 	if err := json.Unmarshal(out, &r); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
@@ -74,7 +76,7 @@ func TestBenchCommandBadFlags(t *testing.T) {
 		{"bench", "extra"},
 	} {
 		var out, errOut bytes.Buffer
-		if code := run(context.Background(), args, env{}.get, &out, &errOut); code != exitUsage {
+		if code := Main(context.Background(), args, env{}.get, &out, &errOut); code != exitUsage {
 			t.Errorf("%q: exit %d, want %d", args, code, exitUsage)
 		}
 	}
@@ -85,7 +87,7 @@ func TestBenchCommandBadFlags(t *testing.T) {
 func TestBenchCommandRounds(t *testing.T) {
 	t.Parallel()
 	out := benchOK(t, "--ids", "200", "--concurrency", "8", "--rate", "0", "--preload", "--rounds", "3", "--json")
-	var r benchRounds
+	var r bench.Rounds
 	if err := json.Unmarshal(out, &r); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
@@ -112,17 +114,6 @@ func TestBenchCommandRounds(t *testing.T) {
 	}
 }
 
-func TestMedian(t *testing.T) {
-	for _, c := range []struct {
-		v    []float64
-		want float64
-	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{3, 1, 2}, 2}, {[]float64{4, 1, 3, 2}, 2.5}} {
-		if got := median(c.v); got != c.want {
-			t.Errorf("median(%v) = %v, want %v", c.v, got, c.want)
-		}
-	}
-}
-
 // benchOK runs the bench command with args and returns what it printed to stdout; any exit
 // but exitOK fails the test.
 func benchOK(t *testing.T, args ...string) []byte {
@@ -131,7 +122,7 @@ func benchOK(t *testing.T, args ...string) []byte {
 		t.Skip("a bench run: CI runs it, -short does not")
 	}
 	var out, errOut bytes.Buffer
-	if code := run(context.Background(), append([]string{"bench"}, args...), env{}.get, &out, &errOut); code != exitOK {
+	if code := Main(context.Background(), append([]string{"bench"}, args...), env{}.get, &out, &errOut); code != exitOK {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
 	return out.Bytes()

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -11,8 +11,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/reprocessor/reprocessor/config"
 	"github.com/reprocessor/reprocessor/graph/graphtest"
+	"github.com/reprocessor/reprocessor/logging"
 	"github.com/reprocessor/reprocessor/queue"
+	"github.com/reprocessor/reprocessor/service"
 	"github.com/reprocessor/reprocessor/worker"
 )
 
@@ -109,7 +112,7 @@ func TestOutcomes(t *testing.T) {
 		byID[e.Subject] = e
 	}
 	dlq := map[string]*nats.Header{}
-	for _, m := range sys.streamMessages("REPROCESS_DLQ") {
+	for _, m := range sys.deadLetters(kinds(evs)[worker.KindFailed] + kinds(evs)[worker.KindRejected]) {
 		h := m.Headers()
 		dlq[string(m.Data())] = &h
 	}
@@ -207,7 +210,7 @@ func TestPersistentServerErrorExhaustsDeliveries(t *testing.T) {
 	if e.Data.Attempts != calls || calls < 3 {
 		t.Fatalf("attempts = %d, Graph saw %d calls", e.Data.Attempts, calls)
 	}
-	dl := sys.streamMessages("REPROCESS_DLQ")
+	dl := sys.deadLetters(1)
 	if len(dl) != 1 || string(dl[0].Data()) != id || dl[0].Headers().Get("Reprocess-Error") != worker.CodeRetriesExhausted {
 		t.Fatalf("dead letters = %v", dl)
 	}
@@ -246,7 +249,7 @@ func TestForbiddenOpensCircuit(t *testing.T) {
 	if code, body := w.get("/readyz"); code != 200 {
 		t.Fatalf("/readyz = %d %s after the circuit closed", code, body)
 	}
-	if n := len(sys.streamMessages("REPROCESS_DLQ")); n != 20 {
+	if n := len(sys.deadLetters(20)); n != 20 {
 		t.Fatalf("%d dead letters, want 20", n)
 	}
 }
@@ -261,7 +264,7 @@ func TestBadMessagesAreRejected(t *testing.T) {
 	}{
 		{"empty", []byte{}, worker.CodeInvalidPayload},
 		{"not a guid", []byte("not-a-guid"), worker.CodeInvalidID},
-		{"traversal", []byte("../../users"), worker.CodeInvalidID},
+		{"traversal", []byte("../users"), worker.CodeInvalidID},
 		{"encoded traversal", []byte("%2e%2e%2fusers"), worker.CodeInvalidID},
 		{"query appended", []byte(id + "?$expand=target"), worker.CodeInvalidID},
 		{"path appended", []byte(id + "/../../users"), worker.CodeInvalidID},
@@ -284,7 +287,7 @@ func TestBadMessagesAreRejected(t *testing.T) {
 		}
 	}
 	evs := sys.events(len(tests))
-	dl := sys.streamMessages("REPROCESS_DLQ")
+	dl := sys.deadLetters(len(tests))
 	if len(evs) != len(tests) || len(dl) != len(tests) {
 		t.Fatalf("%d events and %d dead letters for %d bad messages", len(evs), len(dl), len(tests))
 	}
@@ -395,14 +398,14 @@ func TestHealthBeforeNATS(t *testing.T) {
 	natsPort, httpPort := freePort(t), freePort(t)
 	e := testEnv(fmt.Sprintf("nats://127.0.0.1:%d", natsPort), gt)
 	e["REPROCESSOR_HTTP_ADDR"] = fmt.Sprintf("127.0.0.1:%d", httpPort)
-	cfg, _, err := LoadConfig(nil, e.get)
+	cfg, _, err := config.Load(nil, e.get)
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, _ := NewLogger(testWriter{t}, "debug", "text", nil)
+	log, _ := logging.New(testWriter{t}, "debug", "text", nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- runWorker(ctx, cfg, log, e.get, runOptions{graphHTTP: gt.Client()}) }()
+	go func() { done <- service.Run(ctx, cfg, log, e.get, service.Options{GraphHTTP: gt.Client()}) }()
 	defer func() { cancel(); <-done }()
 
 	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)

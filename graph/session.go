@@ -1,0 +1,68 @@
+package graph
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// SessionConfig is what Open needs besides the AZURE_* variables: where Graph is and how
+// its calls are observed.
+type SessionConfig struct {
+	Cloud      string        // a name CloudByName knows
+	GraphURL   string        // default the cloud's
+	APIVersion string        // v1.0 or beta
+	Timeout    time.Duration // of one call
+	HTTPClient *http.Client  // carries Graph and token calls; default one of its own
+	Observe    func(operation, code string, d time.Duration)
+	Logger     *slog.Logger
+	OnReady    func() // called when a token is obtained while none was held; may be nil
+}
+
+// Session is a Graph client and the credential that gives it tokens, which it keeps fresh
+// in the background until Close. Every command that calls Graph starts one with Open.
+type Session struct {
+	Credential *Credential
+	Client     *Client
+	stop       context.CancelFunc
+	done       chan struct{}
+}
+
+// Open builds the credential from getenv's AZURE_* variables and the client of cfg, and
+// starts obtaining tokens.
+func Open(getenv func(string) string, cfg SessionConfig) (*Session, error) {
+	cloud, err := CloudByName(cfg.Cloud)
+	if err != nil {
+		return nil, fmt.Errorf("REPROCESSOR_CLOUD: %w", err)
+	}
+	cred, err := NewCredential(getenv, cloud, CredentialOptions{GraphURL: cfg.GraphURL, HTTPClient: cfg.HTTPClient, Logger: cfg.Logger, OnReady: cfg.OnReady})
+	if err != nil {
+		return nil, fmt.Errorf("graph credential: %w", err)
+	}
+	client, err := New(Config{
+		BaseURL:    cfg.GraphURL,
+		APIVersion: cfg.APIVersion,
+		Timeout:    cfg.Timeout,
+		HTTPClient: cfg.HTTPClient,
+		Tokens:     cred,
+		Observe:    cfg.Observe,
+		Logger:     cfg.Logger,
+	})
+	if err != nil {
+		cred.Close()
+		return nil, fmt.Errorf("graph client: %w", err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	s := &Session{Credential: cred, Client: client, stop: stop, done: make(chan struct{})}
+	go func() { defer close(s.done); cred.Run(ctx) }()
+	return s, nil
+}
+
+// Close stops refreshing tokens and releases the credential.
+func (s *Session) Close() {
+	s.stop()
+	<-s.done
+	s.Credential.Close()
+}
