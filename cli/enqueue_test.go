@@ -55,6 +55,37 @@ func (s *system) shortDedupe() {
 	}
 }
 
+// waitDedupeForgotten waits until the requests stream has forgotten the Nats-Msg-Ids
+// published so far: it publishes a probe and then the same probe again until the server no
+// longer calls it a duplicate, which means the window has passed since the probe, and so
+// since everything before it. The probes are deleted.
+func (s *system) waitDedupeForgotten() {
+	s.t.Helper()
+	ctx := context.Background()
+	probe := func() *jetstream.PubAck {
+		ack, err := s.js.Publish(ctx, "entitlement.reprocess.requests", []byte("dedupe probe"), jetstream.WithMsgID("dedupe-probe"))
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		return ack
+	}
+	first := probe()
+	var second *jetstream.PubAck
+	s.waitFor("the dedupe window to pass", 30*time.Second, func() bool {
+		second = probe()
+		return !second.Duplicate
+	})
+	st, err := s.js.Stream(ctx, "REPROCESS_REQUESTS")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for _, seq := range []uint64{first.Sequence, second.Sequence} {
+		if err := st.DeleteMsg(ctx, seq); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+}
+
 // requestIDs counts the ids of the messages in the requests stream.
 func (s *system) requestIDs() map[string]int {
 	s.t.Helper()
@@ -219,7 +250,7 @@ func TestEnqueueResumeAfterDedupeWindow(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
 	}
-	time.Sleep(300 * time.Millisecond) // past the (shortened) server dedupe window
+	sys.waitDedupeForgotten()
 	path := filepath.Join(t.TempDir(), "ids.csv")
 	csvText := "name,assignment\n"
 	for i, id := range all {
@@ -395,7 +426,7 @@ func TestEnqueueSIGINT(t *testing.T) {
 	if first == 0 || first >= len(all) {
 		t.Fatalf("%d ids published before the interrupt", first)
 	}
-	time.Sleep(300 * time.Millisecond) // past the (shortened) server dedupe window
+	sys.waitDedupeForgotten()
 	code, rerun, _ := sys.enqueue("--file", path, "--run-id", "sigint")
 	if code != exitOK || !strings.Contains(rerun, fmt.Sprintf("%d already published by this run", first)) {
 		t.Fatalf("re-run: exit %d\n%s", code, rerun)

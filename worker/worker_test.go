@@ -227,7 +227,11 @@ func TestCircuitOpensAndCloses(t *testing.T) {
 	}
 	waitFor(t, "the circuit to open", func() bool { return s.w.Ready() != nil })
 	waitFor(t, "5 failures", func() bool { return s.sink.kinds()[KindFailed] == 5 })
-	time.Sleep(300 * time.Millisecond) // probes go on; nothing more may fail
+	mu.Lock()
+	atOpen := calls
+	mu.Unlock()
+	// The open circuit probes Graph every cooldown: two probes answered 403 fail nothing.
+	waitFor(t, "two probes", func() bool { mu.Lock(); defer mu.Unlock(); return calls >= atOpen+2 })
 	if k := s.sink.kinds(); k[KindFailed] != 5 {
 		t.Fatalf("failures while the circuit is open: %v", k)
 	}
@@ -284,7 +288,12 @@ func TestShutdownFinishesInFlightAndHandsBackWaiting(t *testing.T) {
 	waiting := s.send(guid(9), 1)
 	waitFor(t, "4 in flight", func() bool { return s.w.requests.inflight.Load() == 4 })
 	s.cancel()
-	time.Sleep(50 * time.Millisecond)
+	// Shutdown hands the one waiting for its retry back at once, while the others finish.
+	waitFor(t, "the waiting message handed back", func() bool {
+		waiting.mu.Lock()
+		defer waiting.mu.Unlock()
+		return len(waiting.naks) == 1
+	})
 	close(release)
 	<-s.done
 	for _, m := range msgs {

@@ -219,14 +219,14 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, c *Call) int {
 		return s.graphError(w, r, status, code, msg, c.RequestID)
 	}
 	a, ok := s.Assignment(c.AssignmentID)
-	if state, status, exists, applies := s.lifecycleState(c.AssignmentID, time.Now()); ok && applies {
+	if state, status, exists, applies := s.lifecycleState(c.AssignmentID, s.now()); ok && applies {
 		a.State, a.Status, ok = state, status, exists
 	}
 	if !ok {
 		return s.graphError(w, r, http.StatusNotFound, "ResourceNotFound", "The assignment '"+c.AssignmentID+"' was not found.", c.RequestID)
 	}
 	if c.Operation == OpReprocess {
-		s.reprocessed(c.AssignmentID, time.Now())
+		s.reprocessed(c.AssignmentID, s.now())
 		w.WriteHeader(http.StatusAccepted)
 		return http.StatusAccepted
 	}

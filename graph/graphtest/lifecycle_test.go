@@ -2,6 +2,7 @@ package graphtest_test
 
 import (
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,7 +12,9 @@ import (
 // TestLifecycles checks each simulated lifecycle through real GET calls.
 func TestLifecycles(t *testing.T) {
 	t.Parallel()
-	s := start(t, graphtest.Options{})
+	var mu sync.Mutex
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s := start(t, graphtest.Options{Now: func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }})
 	tok := validToken(t, s)
 	const (
 		plain     = "10000000-0000-4000-8000-000000000001"
@@ -50,7 +53,9 @@ func TestLifecycles(t *testing.T) {
 	if _, state := get(failing, "beta"); state != "Delivering" {
 		t.Fatalf("beta state %q, want Delivering", state)
 	}
-	time.Sleep(300 * time.Millisecond)
+	mu.Lock()
+	clock = clock.Add(300 * time.Millisecond) // past Delivering
+	mu.Unlock()
 	want := map[string]struct {
 		code  int
 		state string

@@ -40,6 +40,9 @@ type Options struct {
 	TenantID, ClientID, ClientSecret string
 	// TokenLifetime is the expires_in of issued tokens; default 1h.
 	TokenLifetime time.Duration
+	// Now is the clock of the assignments' lifecycles (when a reprocess began, which state
+	// it is in now); default time.Now. Tests pass their own to step through a lifecycle.
+	Now func() time.Time
 	// PageSize is the largest page a list answers; default 100.
 	PageSize int
 	// LatencyMin and LatencyMax delay each Graph answer by a random duration in that range
@@ -91,6 +94,7 @@ type Server struct {
 	TenantID, ClientID, ClientSecret string
 
 	ts       *httptest.Server
+	now      func() time.Time // the lifecycles' clock
 	certPEM  []byte
 	client   *http.Client
 	pageSize int
@@ -176,12 +180,16 @@ func Start(opts Options) (*Server, error) {
 		ClientID:     cmp.Or(opts.ClientID, newUUID()),
 		ClientSecret: cmp.Or(opts.ClientSecret, "gt~"+randomHex(20)),
 		certPEM:      certPEM,
+		now:          opts.Now,
 		pageSize:     cmp.Or(max(opts.PageSize, 0), 100),
 		lifetime:     cmp.Or(max(opts.TokenLifetime, 0), time.Hour),
 		strict:       opts.StrictStore,
 		maxCalls:     cmp.Or(max(opts.MaxRecordedCalls, 0), 100_000),
 		answers:      map[string]int{},
 		store:        map[string]*Assignment{},
+	}
+	if s.now == nil {
+		s.now = time.Now
 	}
 	s.SetLatency(opts.LatencyMin, opts.LatencyMax)
 	s.SetUnknownRate(opts.UnknownRate)
