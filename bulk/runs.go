@@ -137,7 +137,11 @@ func readAll(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 	if err != nil {
 		return fmt.Errorf("consumer on %s: %w", stream, err)
 	}
-	info, err := cons.Info(ctx)
+	// The ordered consumer's Info, unlike the rest of jetstream's API, does not bound a
+	// context without a deadline: a request the account may not make would wait forever.
+	ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	info, err := cons.Info(ictx)
+	cancel()
 	if err != nil {
 		return fmt.Errorf("consumer on %s: %w", stream, err)
 	}

@@ -140,42 +140,6 @@ func TestOutcomes(t *testing.T) {
 	}
 }
 
-func TestRetryAfterPausesEveryCaller(t *testing.T) {
-	t.Parallel()
-	sys := newSystem(t, graphtest.Options{})
-	w := sys.startWorker(env{"REPROCESSOR_CONCURRENCY": "8"})
-	sys.gt.Throttle429(1, "1.5")
-	want := ids(20, 3)
-	// The first request meets the 429 alone; the others arrive once the worker has seen it,
-	// while its Retry-After runs.
-	sys.publish([]byte(want[0]))
-	sys.waitFor("the worker to see the 429", 10*time.Second, func() bool {
-		_, body := w.get("/metrics")
-		return strings.Contains(body, "\nreprocessor_throttled 1\n")
-	})
-	sys.publish(payloads(want[1:])...)
-	evs := sys.events(20)
-	if k := kinds(evs); k[worker.KindAccepted] != 20 {
-		t.Fatalf("events = %v", k)
-	}
-	var throttledAt time.Time
-	for _, c := range sys.gt.Calls() {
-		if c.Operation != graphtest.OpReprocess {
-			continue
-		}
-		if c.Status == http.StatusTooManyRequests {
-			throttledAt = c.Time
-			continue
-		}
-		if d := c.Time.Sub(throttledAt); throttledAt.IsZero() || d < 1500*time.Millisecond {
-			t.Fatalf("a call reached Graph %s after a 429 with Retry-After: 1.5", d)
-		}
-	}
-	if throttledAt.IsZero() {
-		t.Fatal("no 429 was answered")
-	}
-}
-
 func TestServerErrorStormThenRecovery(t *testing.T) {
 	t.Parallel()
 	sys := newSystem(t, graphtest.Options{})
@@ -192,31 +156,6 @@ func TestServerErrorStormThenRecovery(t *testing.T) {
 	if n := sys.gt.CallCount(graphtest.OpReprocess); n != 22 {
 		t.Fatalf("%d reprocess calls, want 22 (12 answered 503)", n)
 	}
-}
-
-func TestPersistentServerErrorExhaustsDeliveries(t *testing.T) {
-	t.Parallel()
-	sys := newSystem(t, graphtest.Options{})
-	sys.startWorker(env{"REPROCESSOR_MAX_DELIVER": "3", "REPROCESSOR_DELIVERY_BUDGET": "100ms"})
-	sys.gt.Storm503(-1)
-	id := ids(1, 5)[0]
-	sys.publish([]byte(id))
-	evs := sys.events(1)
-	e := evs[0]
-	if e.Kind() != worker.KindFailed || e.Data.Error == nil || e.Data.Error.Code != worker.CodeRetriesExhausted || e.Data.HTTPStatus != 503 {
-		t.Fatalf("event = %+v", e)
-	}
-	calls := sys.gt.CallCount(graphtest.OpReprocess)
-	if e.Data.Attempts != calls || calls < 3 {
-		t.Fatalf("attempts = %d, Graph saw %d calls", e.Data.Attempts, calls)
-	}
-	dl := sys.deadLetters(1)
-	if len(dl) != 1 || string(dl[0].Data()) != id || dl[0].Headers().Get("Reprocess-Error") != worker.CodeRetriesExhausted {
-		t.Fatalf("dead letters = %v", dl)
-	}
-	md, _ := dl[0].Metadata()
-	_ = md
-	sys.waitFor("nothing pending", 10*time.Second, func() bool { p, ap := sys.pending(); return p == 0 && ap == 0 })
 }
 
 func TestForbiddenOpensCircuit(t *testing.T) {

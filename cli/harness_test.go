@@ -35,6 +35,7 @@ func TestMain(m *testing.M) {
 		stop()
 		os.Exit(code)
 	}
+	testsync.ShortParallel(4)
 	goleak.VerifyTestMain(m,
 		// The HTTP/2 client transport keeps a read loop per idle connection until it closes.
 		goleak.IgnoreTopFunction("net/http.(*http2ClientConn).readLoop"),

@@ -11,12 +11,13 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/reprocessor/reprocessor/bulk"
 	"github.com/reprocessor/reprocessor/graph/graphtest"
 	"github.com/reprocessor/reprocessor/queue"
 	"github.com/reprocessor/reprocessor/worker"
 )
 
-// lockedDownPermissions are exactly what README's "Locked-down accounts" says the worker's
+// lockedDownPermissions are exactly what docs/operations.md's "Locked-down accounts" says the worker's
 // account needs with REPROCESSOR_NO_CREATE, for the default prefix.
 func lockedDownPermissions() *server.Permissions {
 	const p = "entitlement.reprocess"
@@ -41,7 +42,7 @@ func lockedDownPermissions() *server.Permissions {
 	}
 }
 
-// TestLockedDownAccount runs a worker as a NATS user holding only the permissions README
+// TestLockedDownAccount runs a worker as a NATS user holding only the permissions docs/operations.md
 // lists, against streams an administrator provisioned, with state tracking and the shared
 // adaptive rate on, and checks that every request is worked and nothing was refused.
 func TestLockedDownAccount(t *testing.T) {
@@ -91,20 +92,97 @@ func TestLockedDownAccount(t *testing.T) {
 	}
 }
 
-// TestLockedDownPermissionsDocumented keeps README's permission block and the test's in step.
+// TestLockedDownPermissionsDocumented keeps the permission blocks of docs/operations.md
+// and the tests' in step: the worker's, and enqueue's and dlq's.
 func TestLockedDownPermissionsDocumented(t *testing.T) {
 	t.Parallel()
-	readme, err := os.ReadFile("../README.md")
+	doc, err := os.ReadFile("../docs/operations.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, section, _ := strings.Cut(string(readme), "### Locked-down accounts")
-	section, _, _ = strings.Cut(section, "\n### ")
-	p := lockedDownPermissions()
-	for _, s := range append(p.Publish.Allow, p.Subscribe.Allow...) {
-		if !strings.Contains(section, `"`+s+`"`) {
-			t.Errorf("README's locked-down permissions lack %q", s)
+	_, section, found := strings.Cut(string(doc), "\n## Locked-down accounts")
+	if !found {
+		t.Fatal(`docs/operations.md has no "Locked-down accounts" section`)
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	workerPart, bulkPart, found := strings.Cut(section, "### enqueue and dlq")
+	if !found {
+		t.Fatal(`the section has no "### enqueue and dlq" part`)
+	}
+	for _, c := range []struct {
+		what, text string
+		p          *server.Permissions
+	}{{"the worker's", workerPart, lockedDownPermissions()}, {"enqueue's and dlq's", bulkPart, bulkPermissions()}} {
+		for _, s := range append(c.p.Publish.Allow, c.p.Subscribe.Allow...) {
+			if !strings.Contains(c.text, `"`+s+`"`) {
+				t.Errorf("docs/operations.md: %s locked-down permissions lack %q", c.what, s)
+			}
 		}
+	}
+}
+
+// bulkPermissions are exactly what docs/operations.md says enqueue (with --wait) and dlq
+// list and replay need against provisioned streams, for the default prefix.
+func bulkPermissions() *server.Permissions {
+	const p = "entitlement.reprocess"
+	allow := []string{
+		// look up the streams
+		"$JS.API.STREAM.INFO.REPROCESS_REQUESTS", "$JS.API.STREAM.INFO.REPROCESS_RUNS",
+		"$JS.API.STREAM.INFO.REPROCESS_EVENTS", "$JS.API.STREAM.INFO.REPROCESS_DLQ",
+		// publish requests and the run record
+		p + ".requests", p + ".runs.>",
+		// dlq replay removes what it put back
+		"$JS.API.STREAM.MSG.DELETE.REPROCESS_DLQ",
+	}
+	// read a stream with an ordered consumer: the run record, the events (--wait), the DLQ
+	for _, st := range []string{"REPROCESS_RUNS", "REPROCESS_EVENTS", "REPROCESS_DLQ"} {
+		allow = append(allow, "$JS.API.CONSUMER.CREATE."+st+".>", "$JS.API.CONSUMER.INFO."+st+".>",
+			"$JS.API.CONSUMER.MSG.NEXT."+st+".>", "$JS.API.CONSUMER.DELETE."+st+".>")
+	}
+	return &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: allow},
+		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+	}
+}
+
+// TestLockedDownBulkAccount runs enqueue --wait, dlq list and dlq replay as a NATS user
+// holding only bulkPermissions, against streams an administrator provisioned.
+func TestLockedDownBulkAccount(t *testing.T) {
+	t.Parallel()
+	srv := startJetStreamServer(t, &server.Options{Users: []*server.User{
+		{Username: "admin", Password: "admin-pw"},
+		{Username: "bulk", Password: "bulk-pw", Permissions: bulkPermissions()},
+	}})
+	sys := newSystemOn(t, graphtest.Options{}, srv.ClientURL(), nats.UserInfo("admin", "admin-pw"))
+	sys.ensureStreams() // the administrator provisions, the run record stream too
+	if err := bulk.EnsureRunsStream(context.Background(), sys.js, bulk.RunsConfig{Prefix: "entitlement.reprocess"}); err != nil {
+		t.Fatal(err)
+	}
+	sys.startWorker(env{"NATS_USER": "admin", "NATS_PASSWORD": "admin-pw"})
+	want := ids(12, 913)
+	sys.gt.SetAnswer(want[0], 403)
+	sys.gt.SetAnswer(want[1], 403)
+
+	for k, v := range (env{"NATS_USER": "bulk", "NATS_PASSWORD": "bulk-pw", "REPROCESSOR_NO_CREATE": "true"}) {
+		sys.env[k] = v
+	}
+	code, out, errOut := sys.enqueue(append([]string{"--wait", "--timeout", "60s"}, want...)...)
+	if code != exitNotAllAccepted || !strings.Contains(out, "accepted 10, failed 2") {
+		t.Fatalf("enqueue: exit %d\n%s\n%s", code, out, errOut)
+	}
+	sys.deadLetters(2)
+	var listOut, listErr syncBuffer
+	if code := cmdDLQ(context.Background(), []string{"list", "--json"}, sys.env.get, &listOut, &listErr); code != exitOK || strings.Count(listOut.String(), "\n") != 2 {
+		t.Fatalf("dlq list: exit %d\n%s\n%s", code, listOut.String(), listErr.String())
+	}
+	sys.gt.ClearFaults()
+	var replayOut, replayErr syncBuffer
+	if code := cmdDLQ(context.Background(), []string{"replay"}, sys.env.get, &replayOut, &replayErr); code != exitOK {
+		t.Fatalf("dlq replay: exit %d\n%s\n%s", code, replayOut.String(), replayErr.String())
+	}
+	sys.waitFor("the DLQ emptied by the replay", 30*time.Second, func() bool { return len(sys.streamMessages("REPROCESS_DLQ")) == 0 })
+	if text := out + errOut + listErr.String() + replayErr.String(); strings.Contains(strings.ToLower(text), "permission") {
+		t.Errorf("a bulk command met a permission it was not given:\n%s", text)
 	}
 }
 

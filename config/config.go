@@ -689,7 +689,7 @@ func (c *Config) settings() []setting {
 		{env: "REPROCESSOR_NO_CREATE", help: "only bind to existing streams and consumers", value: (*boolValue)(&c.NoCreate)},
 
 		{env: "REPROCESSOR_HTTP_ADDR", help: `metrics and health listener; "off" disables`, value: (*listenAddrValue)(&c.HTTPAddr)},
-		{env: "REPROCESSOR_PPROF_ADDR", help: "pprof listener, separate; off unless set", value: (*listenAddrValue)(&c.PprofAddr)},
+		{env: "REPROCESSOR_PPROF_ADDR", help: "pprof listener, separate; off unless set", def: "off", value: (*listenAddrValue)(&c.PprofAddr)},
 		{env: "REPROCESSOR_LOG_LEVEL", help: "debug, info, warn or error", value: (*stringValue)(&c.LogLevel)},
 		{env: "REPROCESSOR_LOG_FORMAT", help: "text or json", value: (*stringValue)(&c.LogFormat)},
 

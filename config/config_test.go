@@ -57,48 +57,20 @@ func readEnvFile(t *testing.T, path string) (env, []string) {
 	return vars, want
 }
 
-func TestLoadConfigDefaults(t *testing.T) {
+// TestLoadWithNothingSet: with nothing set, Load gives Defaults with the derived settings
+// filled in. The values themselves are the settings table's (docs/configuration.md, checked
+// by TestSettingsTableMatchesDocs); they are not restated here.
+func TestLoadWithNothingSet(t *testing.T) {
 	t.Parallel()
 	cfg, rest, err := Load(nil, env{"REPROCESSOR_INSTANCE": "test-1"}.get)
 	if err != nil {
-		t.Fatalf("LoadConfig: %v", err)
+		t.Fatalf("Load: %v", err)
 	}
 	if len(rest) != 0 {
 		t.Errorf("remaining args = %q, want none", rest)
 	}
-	want := Config{
-		Cloud:             "public",
-		GraphURL:          "https://graph.microsoft.com",
-		GraphAPIVersion:   "v1.0",
-		GraphTimeout:      30 * time.Second,
-		SubjectPrefix:     "entitlement.reprocess",
-		Concurrency:       16,
-		RateAuto:          true,
-		RateCeiling:       100,
-		RateInitial:       10,
-		MaxDeliver:        5,
-		DeliveryBudget:    time.Minute,
-		BackoffInitial:    time.Second,
-		BackoffMax:        time.Minute,
-		CoalesceWindow:    time.Minute,
-		CircuitThreshold:  20,
-		CircuitCooldown:   30 * time.Second,
-		Verify:            true,
-		VerifyDeadline:    10 * time.Minute,
-		VerifyDelay:       5 * time.Second,
-		VerifyConcurrency: 4,
-		AckWait:           30 * time.Second,
-		EventsMaxAge:      168 * time.Hour,
-		DLQMaxAge:         720 * time.Hour,
-		StreamReplicas:    1,
-		HTTPAddr:          ":9464",
-		LogLevel:          "info",
-		LogFormat:         "text",
-		DataDir:           "./data",
-		EmbeddedAddr:      "127.0.0.1:4222",
-		ShutdownTimeout:   30 * time.Second,
-		Instance:          "test-1",
-	}
+	want := Defaults()
+	want.GraphURL, want.Instance = "https://graph.microsoft.com", "test-1"
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("defaults:\n got %s\nwant %s", cfg, want)
 	}

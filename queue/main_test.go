@@ -11,9 +11,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
+
+	"github.com/reprocessor/reprocessor/internal/testsync"
 )
 
 func TestMain(m *testing.M) {
+	testsync.ShortParallel(4)
 	goleak.VerifyTestMain(m)
 }
 
