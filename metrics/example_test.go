@@ -24,7 +24,7 @@ func Example() {
 	}
 
 	var observer worker.Observer = m // what the worker reports to
-	observer.MessageReceived(false)
+	observer.Completed(worker.KindAccepted, 90*time.Millisecond)
 	m.ObserveGraph(metrics.OperationReprocess, "202", 80*time.Millisecond) // graph.Config.Observe
 
 	natsConnected := errors.New("not connected")

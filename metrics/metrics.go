@@ -2,8 +2,9 @@
 // serves them with the health and readiness endpoints (DESIGN section 8).
 //
 // Every collector is registered on a registry the caller passes in; nothing touches the
-// default registry. [Metrics] implements worker.Observer, and is cheap enough for the worker's
-// hot path: every label child is resolved once, in [New].
+// default registry. [Metrics] implements worker.Observer for what the worker decides, and
+// decorates its ports for what passes through them ([Metrics.DecorateSource] and the like);
+// it is cheap enough for the worker's hot path: every label child is resolved once, in [New].
 package metrics
 
 import (
@@ -298,10 +299,14 @@ func (m *Metrics) MessageReceived(redelivery bool) {
 // QueueWait records the time from the stream storing a message to the start of its work.
 func (m *Metrics) QueueWait(d time.Duration) { m.queueWait.Observe(seconds(d)) }
 
-// Completed counts a request's outcome and records how long its processing took.
+// Completed counts a request's outcome and records how long its processing took; an
+// accepted one is the last success.
 func (m *Metrics) Completed(outcome string, d time.Duration) {
 	m.completed.get(outcome).Inc()
 	m.processing.get(outcome).Observe(seconds(d))
+	if outcome == worker.KindAccepted {
+		m.LastSuccess(time.Now())
+	}
 }
 
 // DeadLettered counts a message copied to the dead-letter stream with error code code.

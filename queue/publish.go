@@ -159,9 +159,9 @@ func DeadLetterMsgID(d worker.Delivery) string {
 // headers beyond 16 KiB are dropped (Reprocess-Headers-Dropped says how many values), then
 // its data is cut to what fits (Reprocess-Truncated says how long it was). A copy that fits
 // in no form gives an error wrapping worker.ErrUnstorable.
-func (q *Queue) DeadLetter(ctx context.Context, d worker.Delivery, dl worker.DeadLetter) error {
+func (q *Queue) DeadLetter(ctx context.Context, d worker.Delivery, dl worker.DeadLetter) (worker.Stored, error) {
 	if d.Stream == "" || d.StreamSeq == 0 {
-		return fmt.Errorf("dead-letter: %w: the delivery has no stream and sequence", worker.ErrUnstorable)
+		return worker.Stored{}, fmt.Errorf("dead-letter: %w: the delivery has no stream and sequence", worker.ErrUnstorable)
 	}
 	msgID := DeadLetterMsgID(d)
 	m := &nats.Msg{Subject: q.dlqSubject, Data: d.Data, Header: deadLetterHeader(d, dl, msgID, -1)}
@@ -183,15 +183,15 @@ func (q *Queue) DeadLetter(ctx context.Context, d worker.Delivery, dl worker.Dea
 		ack, err = q.js.PublishMsg(ctx, m)
 	}
 	if tooLarge(err) {
-		return fmt.Errorf("dead-letter %s: %w: even cut down: %w", msgID, worker.ErrUnstorable, err)
+		return worker.Stored{}, fmt.Errorf("dead-letter %s: %w: even cut down: %w", msgID, worker.ErrUnstorable, err)
 	}
 	if err != nil {
-		return fmt.Errorf("dead-letter %s: %w", msgID, err)
+		return worker.Stored{}, fmt.Errorf("dead-letter %s: %w", msgID, err)
 	}
 	if ack.Duplicate {
 		q.logger.Debug("dead letter already stored", "msg_id", msgID)
 	}
-	return nil
+	return worker.Stored{Duplicate: ack.Duplicate}, nil
 }
 
 // headerSize estimates the encoded size of h.

@@ -136,13 +136,13 @@ func TestDeadLetterCopiesMessage(t *testing.T) {
 	}
 	dl := worker.DeadLetter{Code: worker.CodeNotFound, Detail: "Graph said:\r\nno such\tassignment", Attempts: 3}
 	for _, m := range msgs {
-		if err := f.q.DeadLetter(ctx, m.Delivery(), dl); err != nil {
-			t.Fatalf("dead-letter: %v", err)
+		if stored, err := f.q.DeadLetter(ctx, m.Delivery(), dl); err != nil || stored.Duplicate {
+			t.Fatalf("dead-letter: %+v, %v", stored, err)
 		}
 	}
-	// Dead-lettering a redelivery again stores nothing new.
-	if err := f.q.DeadLetter(ctx, msgs[0].Delivery(), dl); err != nil {
-		t.Fatalf("dead-letter again: %v", err)
+	// Dead-lettering a redelivery again stores nothing new, and says so.
+	if stored, err := f.q.DeadLetter(ctx, msgs[0].Delivery(), dl); err != nil || !stored.Duplicate {
+		t.Fatalf("dead-letter again: %+v, %v; want a duplicate", stored, err)
 	}
 	ack(t, msgs...)
 	if n := f.streamMsgs(t, DefaultDLQStream); n != 3 {
@@ -220,7 +220,7 @@ func TestDeadLetterHeader(t *testing.T) {
 func TestDeadLetterNeedsSequence(t *testing.T) {
 	t.Parallel()
 	q := &Queue{}
-	if err := q.DeadLetter(t.Context(), worker.Delivery{Data: []byte("x")}, worker.DeadLetter{}); err == nil {
+	if _, err := q.DeadLetter(t.Context(), worker.Delivery{Data: []byte("x")}, worker.DeadLetter{}); err == nil {
 		t.Error("dead-letter without stream and sequence: no error")
 	}
 }
@@ -333,7 +333,7 @@ func (f fixture) deadLetterFirst(t *testing.T, dl worker.DeadLetter) *jetstream.
 	t.Helper()
 	ctx := testContext(t)
 	msgs := fetch(t, f.q, 1)
-	if err := f.q.DeadLetter(ctx, msgs[0].Delivery(), dl); err != nil {
+	if _, err := f.q.DeadLetter(ctx, msgs[0].Delivery(), dl); err != nil {
 		t.Fatalf("dead-letter: %v", err)
 	}
 	ack(t, msgs...)

@@ -25,6 +25,14 @@ type rateControl struct {
 	control  *queue.Control
 }
 
+// feedback is what the worker tells of Graph's answers: the adaptive limiter, if any.
+func (rc *rateControl) feedback() worker.RateFeedback {
+	if rc.adaptive == nil {
+		return nil // not a nil *Adaptive in a non-nil interface
+	}
+	return rc.adaptive
+}
+
 // startRateControl builds the gate and the limiter the configuration asks for and joins the
 // deployment's control subjects on nc. Close leaves them.
 func startRateControl(cfg config.Config, nc *nats.Conn, m *metrics.Metrics, log *slog.Logger) (*rateControl, error) {

@@ -142,11 +142,12 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, getenv func(s
 	st.push(rc.Close) // after the worker has stopped: hands this replica's share to the others
 	g := graph.ForWorker(session.Client)
 	w, err := worker.New(cfg.Worker(log), worker.Deps{
-		Source:      q,
+		Source:      m.DecorateSource(q),
 		Graph:       g,
-		Events:      q,
-		DeadLetters: q,
-		Limiter:     rc.limiter,
+		Events:      m.DecorateEvents(q),
+		DeadLetters: m.DecorateDeadLetters(q),
+		Limiter:     m.DecorateLimiter(rc.limiter),
+		Feedback:    rc.feedback(),
 		Gate:        rc.gate,
 		Observer:    m,
 		Checks:      q.Checks(),

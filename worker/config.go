@@ -106,6 +106,7 @@ type Deps struct {
 	Events      EventPublisher
 	DeadLetters DeadLetterer
 	Limiter     Limiter      // nil: no rate limit
+	Feedback    RateFeedback // optional: told every Graph answer (an adaptive limiter)
 	Observer    Observer     // nil: nothing observed
 	Hold        func() error // optional: while it returns an error, nothing is fetched (e.g. no Graph token yet)
 	Gate        *Gate        // optional: the process's throttle gate, shared with replica control; default a gate of its own

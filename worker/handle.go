@@ -78,8 +78,6 @@ type result struct {
 func (w *Worker) handle(ctx, work context.Context, m Message) {
 	d := m.Delivery()
 	began := w.cfg.Now()
-	w.obs.MessageReceived(d.NumDelivered > 1)
-	w.obs.QueueWait(began.Sub(d.Timestamp))
 	if ctx.Err() != nil {
 		w.handBack(m, d, w.cfg.ShutdownNakDelay, "shutting down")
 		return
@@ -204,11 +202,9 @@ func (w *Worker) pace(ctx context.Context) error {
 			return err
 		}
 		if w.deps.Limiter != nil {
-			t0 := w.cfg.Now()
 			if err := w.deps.Limiter.Wait(ctx); err != nil {
 				return err
 			}
-			w.obs.RateLimitWait(w.cfg.Now().Sub(t0))
 		}
 		if !w.gate.closed() {
 			return nil
@@ -242,7 +238,7 @@ func (w *Worker) settle(work context.Context, m Message, d Delivery, req Request
 	}
 	if kind == KindFailed || kind == KindRejected {
 		if _, err := w.publish(work, "dead letter", func(ctx context.Context) (Stored, error) {
-			return Stored{}, w.deps.DeadLetters.DeadLetter(ctx, d, dl)
+			return w.deps.DeadLetters.DeadLetter(ctx, d, dl)
 		}); err != nil {
 			w.keepOutcome(m, d, res, "dead letter", err)
 			return false
@@ -262,14 +258,9 @@ func (w *Worker) settle(work context.Context, m Message, d Delivery, req Request
 	if stored.Duplicate {
 		return kind == KindAccepted
 	}
-	w.obs.EventPublished(res.kind)
-	if kind == KindFailed || kind == KindRejected {
-		w.obs.DeadLettered(res.code)
-	}
 	w.obs.Completed(res.kind, now.Sub(began))
 	switch res.kind {
 	case KindAccepted:
-		w.obs.LastSuccess(now)
 		// Most requests end here: build the logger only when debug lines are kept.
 		if w.log.Enabled(work, slog.LevelDebug) {
 			w.logFor(d, req).Debug("accepted", "attempts", res.attempts, "graph_request_id", res.resp.RequestID, "client_request_id", res.resp.ClientRequestID)
@@ -310,9 +301,7 @@ func (w *Worker) storedOutcome(d Delivery, req Request, res result, stored Store
 		}
 		dl.Attempts = stored.Event.Data.Attempts
 	}
-	conflict := kind != res.kind
-	w.obs.EventDuplicate(res.kind, conflict)
-	if conflict {
+	if kind != res.kind {
 		w.logFor(d, req).Warn("an earlier delivery of this request already ended with another outcome: it stands, this one is dropped",
 			"stored_outcome", kind, "dropped_outcome", res.kind, "dropped_code", res.code, "dropped_http_status", res.resp.Status)
 	} else {
@@ -350,9 +339,6 @@ func (w *Worker) publish(work context.Context, what string, publish func(context
 				w.log.Info("storing works again", "what", what)
 			}
 			return stored, nil
-		}
-		if what == "event" {
-			w.obs.EventPublishFailed()
 		}
 		if work.Err() != nil {
 			return Stored{}, fmt.Errorf("%w: %w", work.Err(), err)

@@ -64,9 +64,10 @@ var ErrUnstorable = errors.New("message cannot be stored")
 // DeadLetterer copies a message, byte for byte with its headers, to the dead-letter stream,
 // adding the Reprocess-* headers, and waits for the stream's acknowledgement. What does not
 // fit the server's limits is cut (and the copy says so); an error wrapping ErrUnstorable
-// means even that did not fit.
+// means even that did not fit. Stored.Duplicate says the stream already held the copy (the
+// delivery was dead-lettered before); Stored.Event is always nil.
 type DeadLetterer interface {
-	DeadLetter(ctx context.Context, d Delivery, dl DeadLetter) error
+	DeadLetter(ctx context.Context, d Delivery, dl DeadLetter) (Stored, error)
 }
 
 // DeadLetter says why a message was dead-lettered.
@@ -112,8 +113,8 @@ type Limiter interface {
 	Wait(ctx context.Context) error
 }
 
-// RateFeedback is implemented by a Limiter that adapts its rate to Graph's answers (an
-// additive-increase, multiplicative-decrease limiter): the worker reports every answer.
+// RateFeedback is told every Graph answer, for a Limiter that adapts its rate to them (an
+// additive-increase, multiplicative-decrease limiter).
 type RateFeedback interface {
 	// Succeeded reports an answer that was not throttling (any status but 429, 503, 504).
 	Succeeded()
@@ -125,24 +126,16 @@ type RateFeedback interface {
 // replica of the deployment, asking for longer is taken as asking for this long.
 const MaxPause = time.Hour
 
-// Observer receives what the worker does, for metrics. Implementations must be safe for
-// concurrent use and cheap.
+// Observer receives, for metrics, what the worker decides and passes through no port: what
+// goes through a port (messages received, events and dead letters stored, rate-limit waits)
+// is observed by decorating the adapter instead (metrics.Metrics.DecorateSource and the
+// like). Implementations must be safe for concurrent use and cheap.
 type Observer interface {
-	MessageReceived(redelivery bool)
-	QueueWait(d time.Duration)
-	Completed(outcome string, d time.Duration)
-	DeadLettered(code string)
-	Retry(reason string)
-	Throttled(on bool)
-	ThrottleWait(d time.Duration)
-	RateLimitWait(d time.Duration)
-	InFlight(delta int)
-	EventPublished(kind string)
-	EventPublishFailed()
-	// EventDuplicate: the stream already held a terminal event for the request (an earlier
-	// delivery's ack was lost); conflict when the dropped one had another outcome.
-	EventDuplicate(kind string, conflict bool)
-	CircuitOpen(open bool)
-	LastSuccess(t time.Time)
-	StateChanged(state string) // an observed state change, to the new state
+	Completed(outcome string, d time.Duration) // a request settled, d after its work began
+	Retry(reason string)                       // a Graph call is retried
+	StateChanged(state string)                 // an observed state change, to the new state
+	InFlight(delta int)                        // requests being worked
+	Throttled(on bool)                         // the process waits out a Retry-After
+	ThrottleWait(d time.Duration)              // time spent waiting one out
+	CircuitOpen(open bool)                     // the 403 circuit opened or closed
 }

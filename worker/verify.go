@@ -250,13 +250,9 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 	if changed || (done && c.Changes == 0) {
 		ev := w.stateEvent(&c, strconv.Itoa(c.Changes+1), state, status, done, resp, now)
 		ev.Data.Final = done
-		stored, err := w.publish(work, "event", func(ctx context.Context) (Stored, error) { return w.deps.Events.PublishEvent(ctx, ev) })
-		if err != nil {
+		if _, err := w.publish(work, "event", func(ctx context.Context) (Stored, error) { return w.deps.Events.PublishEvent(ctx, ev) }); err != nil {
 			w.checkNotStored(m, d, "event", err)
 			return
-		}
-		if !stored.Duplicate {
-			w.obs.EventPublished(KindStateChanged)
 		}
 		if changed {
 			w.obs.StateChanged(state)
@@ -285,13 +281,9 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 
 // publishAndAck publishes a final event for a check and acks it; it reports success.
 func (w *Worker) publishAndAck(work context.Context, m Message, d Delivery, ev *Event) bool {
-	stored, err := w.publish(work, "event", func(ctx context.Context) (Stored, error) { return w.deps.Events.PublishEvent(ctx, ev) })
-	if err != nil {
+	if _, err := w.publish(work, "event", func(ctx context.Context) (Stored, error) { return w.deps.Events.PublishEvent(ctx, ev) }); err != nil {
 		w.checkNotStored(m, d, "event", err)
 		return false
-	}
-	if !stored.Duplicate {
-		w.obs.EventPublished(KindStateChanged)
 	}
 	_ = m.Ack()
 	return true

@@ -83,7 +83,7 @@ func (w *Worker) feedback(resp Response, c classification) {
 	throttled := c.verdict == verdictThrottled
 	// A Retry-After of 0 or in the past says nothing: it counts as missing.
 	retryAfter := resp.HasRetryAfter && resp.RetryAfter > 0
-	if fb, ok := w.deps.Limiter.(RateFeedback); ok {
+	if fb := w.deps.Feedback; fb != nil {
 		if throttled {
 			fb.Throttled(min(resp.RetryAfter, MaxPause), retryAfter)
 		} else {
@@ -158,32 +158,10 @@ func (w *Worker) Run(ctx context.Context) error {
 
 type nopObserver struct{}
 
-func (nopObserver) MessageReceived(bool) {}
-
-func (nopObserver) QueueWait(time.Duration) {}
-
 func (nopObserver) Completed(string, time.Duration) {}
-
-func (nopObserver) DeadLettered(string) {}
-
-func (nopObserver) Retry(string) {}
-
-func (nopObserver) Throttled(bool) {}
-
-func (nopObserver) ThrottleWait(time.Duration) {}
-
-func (nopObserver) RateLimitWait(time.Duration) {}
-
-func (nopObserver) InFlight(int) {}
-
-func (nopObserver) EventPublished(string) {}
-
-func (nopObserver) EventPublishFailed() {}
-
-func (nopObserver) EventDuplicate(string, bool) {}
-
-func (nopObserver) CircuitOpen(bool) {}
-
-func (nopObserver) LastSuccess(time.Time) {}
-
-func (nopObserver) StateChanged(string) {}
+func (nopObserver) Retry(string)                    {}
+func (nopObserver) StateChanged(string)             {}
+func (nopObserver) InFlight(int)                    {}
+func (nopObserver) Throttled(bool)                  {}
+func (nopObserver) ThrottleWait(time.Duration)      {}
+func (nopObserver) CircuitOpen(bool)                {}

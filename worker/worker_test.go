@@ -75,19 +75,19 @@ func (s *sink) PublishEvent(_ context.Context, e *Event) (Stored, error) {
 }
 
 // DeadLetter stores dl once per request, as the dead-letter stream's dedupe does.
-func (s *sink) DeadLetter(_ context.Context, d Delivery, dl DeadLetter) error {
+func (s *sink) DeadLetter(_ context.Context, d Delivery, dl DeadLetter) (Stored, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ref := RequestRef(d.Stream, d.StreamSeq, d.Timestamp)
 	if s.dlRefs[ref] {
-		return nil
+		return Stored{Duplicate: true}, nil
 	}
 	if s.dlRefs == nil {
 		s.dlRefs = make(map[string]bool)
 	}
 	s.dlRefs[ref] = true
 	s.dls = append(s.dls, dl)
-	return nil
+	return Stored{}, nil
 }
 
 func (s *sink) kinds() map[string]int {
@@ -342,7 +342,7 @@ func TestFeedbackAndSharedPauses(t *testing.T) {
 	gate := NewGate(nil, nil)
 	gate.ShareWith(pauses)
 	w, err := New(Config{Concurrency: 1, Backoff: Backoff{Initial: time.Millisecond, Max: time.Millisecond}}, Deps{
-		Source: src, Events: sk, DeadLetters: sk, Limiter: lim, Gate: gate,
+		Source: src, Events: sk, DeadLetters: sk, Limiter: lim, Feedback: lim, Gate: gate,
 		Graph: graphFunc(func(ctx context.Context, id string) (Response, error) {
 			mu.Lock()
 			defer mu.Unlock()
