@@ -81,8 +81,7 @@ func listPage(ctx context.Context, l Lister, c ListConfig, q graph.ListQuery, pa
 			retry = true
 		case res.Status == http.StatusOK:
 			return p, nil
-		case res.Status == http.StatusTooManyRequests, res.Status == http.StatusServiceUnavailable,
-			res.Status == http.StatusGatewayTimeout, res.Status >= 500:
+		case worker.Retryable(res.Status):
 			retry = true
 			err = fmt.Errorf("graph answered %d", res.Status)
 		default:

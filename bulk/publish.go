@@ -14,6 +14,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/reprocessor/reprocessor/idlist"
+	"github.com/reprocessor/reprocessor/ratelimit"
 )
 
 // DefaultWindow is the default number of publishes awaiting their acknowledgement.
@@ -74,7 +75,7 @@ func NewPublisher(js jetstream.JetStream, cfg PublisherConfig) (*Publisher, erro
 		failed:  make(chan struct{}),
 	}
 	if cfg.Rate > 0 {
-		p.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), max(1, int(cfg.Rate/20)))
+		p.limiter = ratelimit.Fixed(cfg.Rate)
 	}
 	go p.collect()
 	return p, nil

@@ -19,7 +19,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/time/rate"
 
 	"github.com/reprocessor/reprocessor/bulk"
 	"github.com/reprocessor/reprocessor/config"
@@ -418,7 +417,7 @@ func (e *enqueuer) listGraph(ctx context.Context) error {
 	case e.cfg.RateAuto:
 		// Listing makes one call per page of up to 999 assignments, so it never needs more
 		// than the auto rate's starting point; Retry-After is honoured on top.
-		limiter = rate.NewLimiter(rate.Limit(e.cfg.RateInitial), 1)
+		limiter = ratelimit.Fixed(e.cfg.RateInitial)
 	case e.cfg.Rate > 0:
 		limiter = ratelimit.Fixed(e.cfg.Rate)
 	}

@@ -10,12 +10,11 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-
-	"github.com/reprocessor/reprocessor/queue"
 )
 
-// redacted replaces a secret wherever one would be shown.
-const redacted = queue.RedactedMarker
+// Redacted replaces a secret wherever one would be shown: in logs, and in what the NATS
+// URL shows (queue.ConnConfig.Redacted).
+const Redacted = "[REDACTED]"
 
 // MinSecretLen is the length below which a value is not redacted from text: shorter
 // values would mangle ordinary words and numbers, and protect nothing anyway.
@@ -80,7 +79,7 @@ func NewRedactor(secrets []string) *Redactor {
 	slices.SortFunc(long, func(a, b string) int { return cmp.Compare(len(b), len(a)) })
 	pairs := make([]string, 0, 2*len(long))
 	for _, s := range long {
-		pairs = append(pairs, s, redacted)
+		pairs = append(pairs, s, Redacted)
 	}
 	return &Redactor{replacer: strings.NewReplacer(pairs...)}
 }

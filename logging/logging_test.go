@@ -61,7 +61,7 @@ func TestNewLoggerRedactsSecrets(t *testing.T) {
 					t.Errorf("output shows %q:\n%s", secret, out)
 				}
 			}
-			if n := strings.Count(out, redacted); n < 16 {
+			if n := strings.Count(out, Redacted); n < 16 {
 				t.Errorf("%d redactions, want 16 or more:\n%s", n, out)
 			}
 			// Values without secrets are logged as usual.

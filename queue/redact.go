@@ -3,10 +3,9 @@ package queue
 import (
 	"net/url"
 	"strings"
-)
 
-// RedactedMarker replaces a secret in what is shown.
-const RedactedMarker = "[REDACTED]"
+	"github.com/reprocessor/reprocessor/logging"
+)
 
 // credentialSpans finds the user info of every URL in a comma-separated list as nats.go
 // takes it: with a scheme ("nats://u:p@h") or without ("u:p@h:4222"), and with a password
@@ -65,7 +64,7 @@ func RedactURLs(list string) string {
 		if hasUser && !strings.ContainsAny(user, ",/") {
 			b.WriteString(user + ":")
 		}
-		b.WriteString(RedactedMarker)
+		b.WriteString(logging.Redacted)
 		last = sp[1]
 	}
 	b.WriteString(list[last:])

@@ -71,6 +71,15 @@ func classify(resp Response, err error) classification {
 	}
 }
 
+// Retryable reports whether a Graph answer with HTTP status s is worth calling again, as
+// the worker decides for its own calls: throttling (429, 503, 504, after their Retry-After),
+// 408 and the other 5xx. Other readers of Graph (enqueue's listing) use it so that they
+// retry exactly what the worker retries.
+func Retryable(s int) bool {
+	v := classify(Response{Status: s}, nil).verdict
+	return v == verdictThrottled || v == verdictRetry
+}
+
 // graphDetail describes a Graph error answer for events and dead letters, at most
 // MaxFieldBytes long.
 func graphDetail(resp Response) string {

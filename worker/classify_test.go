@@ -116,3 +116,16 @@ func TestCoalescer(t *testing.T) {
 		t.Fatalf("after a failure = %d", got)
 	}
 }
+
+// TestRetryable holds the exported question to the same table as classify.
+func TestRetryable(t *testing.T) {
+	t.Parallel()
+	for s, want := range map[int]bool{
+		200: false, 202: false, 302: false, 400: false, 401: false, 403: false, 404: false, 409: false,
+		408: true, 429: true, 500: true, 502: true, 503: true, 504: true,
+	} {
+		if got := Retryable(s); got != want {
+			t.Errorf("Retryable(%d) = %v, want %v", s, got, want)
+		}
+	}
+}
