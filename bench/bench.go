@@ -475,8 +475,19 @@ func publishIDs(ctx context.Context, js jetstream.JetStream, subject string, n i
 		if before != nil {
 			before(i)
 		}
-		if _, err := js.PublishAsync(subject, []byte(benchID(i)), jetstream.WithMsgID(benchID(i))); err != nil {
-			return fmt.Errorf("publish %d: %w", i, err)
+		for {
+			_, err := js.PublishAsync(subject, []byte(benchID(i)), jetstream.WithMsgID(benchID(i)), jetstream.WithStallWait(time.Second))
+			if err == nil {
+				break
+			}
+			// Acks are slower than publishing (a loaded machine, the race detector): let
+			// the outstanding ones come in, then publish this one again.
+			if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+				return fmt.Errorf("publish %d: %w", i, err)
+			}
+			if err := waitPublished(ctx, js); err != nil {
+				return err
+			}
 		}
 		if i%10_000 == 9_999 {
 			if err := waitPublished(ctx, js); err != nil {
