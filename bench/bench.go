@@ -158,7 +158,6 @@ func Env(getenv func(string) string) func(string) string {
 		"REPROCESSOR_HTTP_ADDR":       "off",
 		"REPROCESSOR_VERIFY":          "false",
 		"REPROCESSOR_COALESCE_WINDOW": "0s",
-		"REPROCESSOR_CONCURRENCY":     "64",
 		"REPROCESSOR_INSTANCE":        "bench",
 		"REPROCESSOR_SUBJECT_PREFIX":  benchPrefix,
 	}

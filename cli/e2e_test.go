@@ -369,3 +369,37 @@ func TestHealthBeforeNATS(t *testing.T) {
 		return code == 200
 	})
 }
+
+// TestRetryAfterBeyondTheDeliveryIsNotAFailure: a 429 whose Retry-After outlasts what one
+// delivery may wait (REPROCESSOR_DELIVERY_BUDGET) hands the request back for when it ends,
+// and that delivery does not count against REPROCESSOR_MAX_DELIVER: with a single delivery
+// allowed, the request is accepted after the wait instead of failing retries_exhausted.
+func TestRetryAfterBeyondTheDeliveryIsNotAFailure(t *testing.T) {
+	t.Parallel()
+	sys := newSystem(t, graphtest.Options{})
+	w := sys.startWorker(env{
+		"REPROCESSOR_MAX_DELIVER":     "1",
+		"REPROCESSOR_DELIVERY_BUDGET": "1s",
+	})
+	sys.gt.Throttle429(1, "3")
+	id := ids(1, 915)
+	start := time.Now()
+	sys.publish(payloads(id)...)
+	evs := sys.events(1)
+	if k := kinds(evs); k[worker.KindAccepted] != 1 {
+		t.Fatalf("events = %v, want one accepted", k)
+	}
+	if waited := time.Since(start); waited < 3*time.Second {
+		t.Errorf("accepted %s after publishing, within the Retry-After of 3 s", waited)
+	}
+	if n := sys.gt.CallCount(graphtest.OpReprocess); n != 2 {
+		t.Errorf("%d reprocess calls, want 2 (the 429, then the 202)", n)
+	}
+	if n := len(sys.streamMessages("REPROCESS_DLQ")); n != 0 {
+		t.Errorf("%d dead letters", n)
+	}
+	_, body := w.get("/metrics")
+	if !strings.Contains(body, `reprocessor_messages_received_total{delivery="redelivery"} 1`) {
+		t.Errorf("the request was not handed back and redelivered once:\n%s", body)
+	}
+}

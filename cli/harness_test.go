@@ -326,6 +326,12 @@ func (s *system) tryStreamMessages(stream string) ([]jetstream.Msg, error) {
 			n++
 		}
 		if n == 0 {
+			if len(out) == 0 {
+				// Nothing came although the stream holds messages: a consumer on a stream
+				// whose leader just moved (the cluster test) can be left with nothing to
+				// deliver. Say so, so that a caller retrying sees why.
+				return nil, fmt.Errorf("stream %s: holds %d messages, none delivered: %v", stream, info.State.Msgs, batch.Error())
+			}
 			break
 		}
 	}

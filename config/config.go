@@ -59,7 +59,7 @@ type Config struct {
 	Rate             float64       // fixed Graph calls per second, process-wide; 0 means unlimited
 	RateCeiling      float64       // auto: the highest rate, calls per second per replica
 	RateInitial      float64       // auto: the rate to start from
-	RateStep         float64       // auto: calls per second added per second of success; 0 means ceiling/50, at least 1
+	RateStep         float64       // auto: calls per second added per second of success; 0 means 5% of the current rate, at least 1
 	MaxDeliver       int           // deliveries of a request before it fails retries_exhausted
 	DeliveryBudget   time.Duration // in-process retry time within one delivery before NakWithDelay
 	BackoffInitial   time.Duration
@@ -138,13 +138,12 @@ const (
 )
 
 // DefaultRateCeiling is the highest rate REPROCESSOR_RATE=auto uses by default, in calls per
-// second per replica. Graph publishes no limit for entitlement management: the limits it
-// does publish are 130,000 requests per 10 s per application (13,000/s) globally and about
-// 3,000 writes per 150 s (20/s) for directory writes elsewhere. 100/s is five times the
-// write quota, so that auto can find a more generous limit, and less than 1% of the global
-// one, so that a worker that meets no throttling does not flood a tenant that other
-// applications share. Raise it when you know your tenant allows more.
-const DefaultRateCeiling = 100
+// second per replica. Graph publishes no limit for entitlement management, so auto finds it
+// from Graph's 429s, and the default ceiling must not bind before Graph does: 5,000/s is
+// well above anything entitlement management has been seen to admit and below the global
+// limit of 130,000 requests per 10 s per application (13,000/s). It is a safety net, not a
+// tuning knob: set REPROCESSOR_RATE_CEILING lower to share a tenant's quota deliberately.
+const DefaultRateCeiling = 5000
 
 // cloudGraphURL returns the Graph endpoint of a national cloud, as graph knows them.
 func cloudGraphURL(name string) (string, bool) {
@@ -662,11 +661,11 @@ func (c *Config) settings() []setting {
 		{env: "REPROCESSOR_GRAPH_TIMEOUT", help: "timeout of one Graph call", value: (*durationValue)(&c.GraphTimeout)},
 		{env: "REPROCESSOR_SUBJECT_PREFIX", help: "NATS subject prefix of requests, events and dead letters", value: (*stringValue)(&c.SubjectPrefix)},
 
-		{env: "REPROCESSOR_CONCURRENCY", help: "Graph calls in flight at once, 1 to 10000", value: (*intValue)(&c.Concurrency)},
+		{env: "REPROCESSOR_CONCURRENCY", help: "the most requests worked at once, 1 to 10000; the limit follows rate × latency below it", value: (*intValue)(&c.Concurrency)},
 		{env: "REPROCESSOR_RATE", help: "Graph calls per second, process-wide: auto finds it; 0 is unlimited", value: &rateValue{auto: &c.RateAuto, rate: &c.Rate}},
 		{env: "REPROCESSOR_RATE_CEILING", help: "auto: highest calls per second of this process", value: (*floatValue)(&c.RateCeiling)},
 		{env: "REPROCESSOR_RATE_INITIAL", help: "auto: calls per second to start from", value: (*floatValue)(&c.RateInitial)},
-		{env: "REPROCESSOR_RATE_STEP", help: "auto: calls per second added per second of success", def: "ceiling/50, at least 1", value: (*floatValue)(&c.RateStep)},
+		{env: "REPROCESSOR_RATE_STEP", help: "auto: calls per second added per second of success", def: "5% of the rate, at least 1", value: (*floatValue)(&c.RateStep)},
 		{env: "REPROCESSOR_MAX_DELIVER", help: "deliveries of a request before it fails", value: (*intValue)(&c.MaxDeliver)},
 		{env: "REPROCESSOR_DELIVERY_BUDGET", help: "retry time within one delivery before the request is handed back", value: (*durationValue)(&c.DeliveryBudget)},
 		{env: "REPROCESSOR_BACKOFF_INITIAL", help: "first retry delay", value: (*durationValue)(&c.BackoffInitial)},

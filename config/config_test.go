@@ -74,8 +74,8 @@ func TestLoadWithNothingSet(t *testing.T) {
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("defaults:\n got %s\nwant %s", cfg, want)
 	}
-	if got := cfg.EffectiveMaxAckPending(); got != 1000 {
-		t.Errorf("EffectiveMaxAckPending() = %d, want 1000", got)
+	if got := cfg.EffectiveMaxAckPending(); got != 20480 {
+		t.Errorf("EffectiveMaxAckPending() = %d, want 20480", got)
 	}
 }
 
@@ -647,7 +647,7 @@ func TestWriteUsage(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		"--concurrency", "REPROCESSOR_CONCURRENCY", " 16 ", " 1m ", " 168h ", "the cloud's", ":9464",
+		"--concurrency", "REPROCESSOR_CONCURRENCY", " 2048 ", " 1m ", " 168h ", "the cloud's", ":9464",
 		"host name", " 127.0.0.1:4222 ",
 	} {
 		if !strings.Contains(usage, want) {

@@ -161,7 +161,7 @@ func New(reg prometheus.Registerer, build BuildInfo) *Metrics {
 	concurrency := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace,
 		Name:      "concurrency",
-		Help:      "Request messages this process may work at once (REPROCESSOR_CONCURRENCY): the ceiling of in_flight.",
+		Help:      "Request messages this process may work at once now: Graph's rate times its latency, with headroom, at most REPROCESSOR_CONCURRENCY.",
 	})
 	inFlight := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace,
@@ -331,8 +331,9 @@ func (m *Metrics) RateLimitWait(d time.Duration) { m.rateLimitWait.Observe(secon
 // SetRateLimit sets the current rate limit in calls per second; 0 means unlimited.
 func (m *Metrics) SetRateLimit(callsPerSecond float64) { m.rateLimit.Set(max(callsPerSecond, 0)) }
 
-// SetConcurrency records the configured limit of requests worked at once.
-func (m *Metrics) SetConcurrency(n int) { m.concurrency.Set(float64(max(n, 0))) }
+// Concurrency records how many requests may be worked at once now (the worker's adaptive
+// limit, at most REPROCESSOR_CONCURRENCY).
+func (m *Metrics) Concurrency(n int) { m.concurrency.Set(float64(max(n, 0))) }
 
 // InFlight adds delta to the number of messages being processed.
 func (m *Metrics) InFlight(delta int) { m.inFlight.Add(float64(delta)) }

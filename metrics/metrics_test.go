@@ -495,14 +495,14 @@ reprocessor_assignment_state_changes_total{state="unknownFutureValue"} 0
 func TestReadinessAndConcurrency(t *testing.T) {
 	t.Parallel()
 	m, reg := setup(t)
-	m.SetConcurrency(64)
+	m.Concurrency(64)
 	var failing error
 	if err := RegisterReadiness(reg, []Check{{Name: "x", Func: func() error { return failing }}}); err != nil {
 		t.Fatal(err)
 	}
 	want := func(ready int) string {
 		return fmt.Sprintf(`
-# HELP reprocessor_concurrency Request messages this process may work at once (REPROCESSOR_CONCURRENCY): the ceiling of in_flight.
+# HELP reprocessor_concurrency Request messages this process may work at once now: Graph's rate times its latency, with headroom, at most REPROCESSOR_CONCURRENCY.
 # TYPE reprocessor_concurrency gauge
 reprocessor_concurrency 64
 # HELP reprocessor_ready 1 while every readiness check of /readyz passes, else 0.

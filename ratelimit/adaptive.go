@@ -27,8 +27,10 @@ type Config struct {
 	// Floor is the lowest rate; default 0.5 calls/s or the ceiling if lower.
 	Floor float64
 	// Step is the rate added after each second in which calls succeeded and the limit was in
-	// use, shared between the replicas (each adds Step / replicas); default 1/50 of the
-	// ceiling, at least 1 call/s.
+	// use, shared between the replicas (each adds Step / replicas). Zero, the default, adds
+	// GrowthPerSecond of the current rate instead (at least 1 call/s for the deployment): the
+	// sawtooth then takes the same few seconds to climb back at 20 calls/s as at 2,000,
+	// where a fixed step is either too slow for a high limit or too steep for a low one.
 	Step float64
 	// Decrease is the factor applied on throttling; default 0.85. A sawtooth between
 	// Decrease·R and R averages (1+Decrease)/2·R, so 0.85 keeps about 92% of the limit.
@@ -55,9 +57,6 @@ func (c Config) withDefaults() Config {
 	if c.Floor == 0 {
 		c.Floor = min(0.5, c.Ceiling)
 	}
-	if c.Step == 0 {
-		c.Step = max(1, c.Ceiling/50)
-	}
 	if c.Decrease == 0 {
 		c.Decrease = 0.85
 	}
@@ -80,7 +79,9 @@ func (c Config) validate() error {
 	positive("ceiling", c.Ceiling)
 	positive("initial rate", c.Initial)
 	positive("floor", c.Floor)
-	positive("step", c.Step)
+	if c.Step != 0 {
+		positive("step", c.Step)
+	}
 	if !(c.Decrease > 0 && c.Decrease < 1) {
 		errs = append(errs, fmt.Errorf("decrease must be between 0 and 1, got %g", c.Decrease))
 	}
@@ -185,7 +186,11 @@ func (a *Adaptive) Succeeded() {
 		a.mu.Unlock()
 		return
 	}
-	next := a.rate + a.cfg.Step/float64(a.replicas)
+	step := a.cfg.Step
+	if step == 0 {
+		step = max(1, a.rate*float64(a.replicas)*GrowthPerSecond)
+	}
+	next := a.rate + step/float64(a.replicas)
 	if a.slowStart {
 		next = 2 * a.rate
 	}
@@ -284,6 +289,11 @@ func (a *Adaptive) setLocked(r float64, why string) float64 {
 	}
 	return r
 }
+
+// GrowthPerSecond is the share of its rate the limiter adds per second of success when no
+// Step is set. With Decrease 0.85 a cut is made good in about three seconds, and the calls
+// that overshoot the limit before the next cut stay a small share of those made.
+const GrowthPerSecond = 0.05
 
 // slowStartWindow is how often the slow start doubles the rate: from 10/s it passes 300/s
 // within three seconds.

@@ -25,6 +25,18 @@ type rateControl struct {
 	control  *queue.Control
 }
 
+// rate is the limiter's current rate, which sizes the worker's concurrency; nil when
+// unlimited.
+func (rc *rateControl) rate(cfg config.Config) func() float64 {
+	switch {
+	case rc.adaptive != nil:
+		return rc.adaptive.Rate
+	case cfg.Rate > 0:
+		return func() float64 { return cfg.Rate }
+	}
+	return nil
+}
+
 // feedback is what the worker tells of Graph's answers: the adaptive limiter, if any.
 func (rc *rateControl) feedback() worker.RateFeedback {
 	if rc.adaptive == nil {

@@ -58,7 +58,6 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, getenv func(s
 		}
 	}
 	m := metrics.New(reg, version.Info())
-	m.SetConcurrency(cfg.Concurrency)
 
 	// The HTTP listener comes first, so that /healthz answers while NATS and Graph are
 	// still being reached; readiness says what is not there yet.
@@ -148,6 +147,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, getenv func(s
 		DeadLetters: m.DecorateDeadLetters(q),
 		Limiter:     m.DecorateLimiter(rc.limiter),
 		Feedback:    rc.feedback(),
+		Rate:        rc.rate(cfg),
 		Gate:        rc.gate,
 		Observer:    m,
 		Checks:      q.Checks(),

@@ -15,8 +15,9 @@ func keyOf(d Delivery) msgKey { return msgKey{seq: d.StreamSeq, stored: d.Timest
 
 // attemptEntry is what is remembered of a message handed back for a later delivery.
 type attemptEntry struct {
-	attempts int     // Graph calls made so far
-	settled  *result // the outcome reached, when only storing it failed
+	attempts  int     // Graph calls made so far
+	throttled int     // deliveries handed back to wait out a Retry-After: not counted against MaxDeliver
+	settled   *result // the outcome reached, when only storing it failed
 }
 
 // attemptLog remembers the Graph calls made for messages handed back for a later delivery.

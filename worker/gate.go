@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -92,8 +93,23 @@ func (g *Gate) pauseUntil(t time.Time) {
 	}
 }
 
-// wait blocks until the gate is open or ctx is done.
-func (g *Gate) wait(ctx context.Context) error {
+// longPause is the error of a wait that would outlast its deadline.
+type longPause struct{ remaining time.Duration }
+
+func (e *longPause) Error() string {
+	return fmt.Sprintf("the throttle gate stays closed for another %s", e.remaining.Round(time.Second))
+}
+
+// remaining is how long the gate stays closed from now; 0 when it is open.
+func (g *Gate) remaining() time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return max(0, g.until.Sub(g.now()))
+}
+
+// wait blocks until the gate is open or ctx is done. When the gate stays closed past
+// deadline (a zero deadline is none) it returns a *longPause at once instead.
+func (g *Gate) wait(ctx context.Context, deadline time.Time) error {
 	var waited time.Duration
 	defer func() {
 		if waited > 0 {
@@ -111,6 +127,9 @@ func (g *Gate) wait(ctx context.Context) error {
 		g.mu.Unlock()
 		if remaining <= 0 {
 			return nil
+		}
+		if !deadline.IsZero() && now.Add(remaining).After(deadline) {
+			return &longPause{remaining: remaining}
 		}
 		t := time.NewTimer(remaining)
 		select {

@@ -70,7 +70,8 @@ type result struct {
 	detail   string
 	resp     Response
 	attempts int
-	before   string // the state read before reprocess (REPROCESSOR_PRECHECK), if any
+	before   string        // the state read before reprocess (REPROCESSOR_PRECHECK), if any
+	waited   time.Duration // of this delivery: spent waiting for the rate, a Retry-After, the circuit or a backoff
 }
 
 // handle settles one message: a terminal event (and a dead letter where due) then an ack,
@@ -112,33 +113,56 @@ func (w *Worker) handle(ctx, work context.Context, m Message) {
 		accepted = w.settle(work, m, d, req, *prev.settled, began) && prev.settled.kind == KindAccepted
 		return
 	}
-	res, nakDelay, terminal := w.call(ctx, work, d, req, began, prev.attempts)
+	res, nakDelay, terminal := w.call(ctx, work, d, req, began, prev)
 	if !terminal {
 		w.handBack(m, d, nakDelay, res.detail)
-		return
+	} else {
+		accepted = w.settle(work, m, d, req, res, began) && res.kind == KindAccepted
 	}
-	accepted = w.settle(work, m, d, req, res, began) && res.kind == KindAccepted
+	if res.attempts > prev.attempts {
+		w.limit.observe(w.cfg.Now().Sub(began) - res.waited)
+	}
 }
 
 // call makes Graph calls for req until an answer settles it or the message must be handed
-// back with the returned delay; attempts is the count of calls made on earlier deliveries.
-func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began time.Time, attempts int) (res result, nakDelay time.Duration, terminal bool) {
+// back with the returned delay; prev is what earlier deliveries cost.
+//
+// A Retry-After that outlasts what this delivery may still spend hands the message back
+// for when it ends, and that delivery is not counted against MaxDeliver: Graph asked us to
+// wait, nothing failed.
+func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began time.Time, prev attemptEntry) (res result, nakDelay time.Duration, terminal bool) {
 	key := keyOf(d)
+	attempts, throttledDeliveries := prev.attempts, prev.throttled
+	var waited time.Duration
 	defer func() {
+		res.waited = waited
 		if !terminal {
-			w.attempts.set(key, attemptEntry{attempts: attempts})
+			w.attempts.set(key, attemptEntry{attempts: attempts, throttled: throttledDeliveries})
 		}
 	}()
 	deadline := began.Add(w.cfg.DeliveryBudget)
 	retries, credRetries := 0, 0
 	stopping := result{detail: "shutting down"}
+	pausedOut := func(remaining time.Duration) (result, time.Duration, bool) {
+		throttledDeliveries++
+		r := result{attempts: attempts, detail: fmt.Sprintf("waiting out a Retry-After of %s", remaining.Round(time.Second))}
+		return r, remaining + time.Duration(w.cfg.Rand()*float64(remaining)/20), false
+	}
 	before := w.precheck(ctx, work, d, req)
 	for {
+		t0 := w.cfg.Now()
 		probe, err := w.circuit.admit(ctx)
 		if err != nil {
 			return stopping, w.cfg.ShutdownNakDelay, false
 		}
-		if err := w.pace(ctx); err != nil {
+		err = w.pace(ctx, deadline)
+		waited += w.cfg.Now().Sub(t0)
+		var long *longPause
+		if errors.As(err, &long) {
+			w.circuit.abandon(probe)
+			return pausedOut(long.remaining)
+		}
+		if err != nil {
 			w.circuit.abandon(probe)
 			return stopping, w.cfg.ShutdownNakDelay, false
 		}
@@ -156,7 +180,9 @@ func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began 
 				w.log.Warn("no Graph token: holding messages and pausing fetches until one is obtained", "err", err)
 			}
 			credRetries++
-			if !sleep(ctx, Backoff{Initial: time.Second, Max: 30 * time.Second}.Delay(credRetries, Response{}, w.cfg.Rand)) {
+			hold := Backoff{Initial: time.Second, Max: 30 * time.Second}.Delay(credRetries, Response{}, w.cfg.Rand)
+			waited += hold
+			if !sleep(ctx, hold) {
 				return stopping, w.cfg.ShutdownNakDelay, false
 			}
 			continue
@@ -180,7 +206,12 @@ func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began 
 		delay := w.cfg.Backoff.Delay(retries, resp, w.cfg.Rand)
 		now := w.cfg.Now()
 		if now.Add(delay).After(deadline) {
-			if d.NumDelivered >= uint64(w.cfg.MaxDeliver) {
+			if c.verdict == verdictThrottled {
+				res, delay, _ := pausedOut(delay)
+				res.resp, res.before = resp, before
+				return res, delay, false
+			}
+			if counted := int(d.NumDelivered) - throttledDeliveries; counted >= w.cfg.MaxDeliver {
 				res.kind, res.code = KindFailed, CodeRetriesExhausted
 				res.detail = fmt.Sprintf("gave up after %d deliveries: %s", d.NumDelivered, c.detail)
 				return res, 0, true
@@ -189,16 +220,18 @@ func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began 
 			return res, delay, false
 		}
 		w.logFor(d, req).Debug("retrying Graph call", "reason", c.reason, "detail", c.detail, "in", delay)
+		waited += delay
 		if !sleep(ctx, delay) {
 			return stopping, w.cfg.ShutdownNakDelay, false
 		}
 	}
 }
 
-// pace waits for the throttle gate and the rate limiter.
-func (w *Worker) pace(ctx context.Context) error {
+// pace waits for the throttle gate and the rate limiter. A pause that lasts past deadline
+// is not waited out: it returns a *longPause saying how long it has left.
+func (w *Worker) pace(ctx context.Context, deadline time.Time) error {
 	for {
-		if err := w.gate.wait(ctx); err != nil {
+		if err := w.gate.wait(ctx, deadline); err != nil {
 			return err
 		}
 		if w.deps.Limiter != nil {

@@ -138,4 +138,5 @@ type Observer interface {
 	Throttled(on bool)                         // the process waits out a Retry-After
 	ThrottleWait(d time.Duration)              // time spent waiting one out
 	CircuitOpen(open bool)                     // the 403 circuit opened or closed
+	Concurrency(n int)                         // the requests that may be worked at once now
 }

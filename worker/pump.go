@@ -10,17 +10,17 @@ import (
 // This file is the pump: the fetch loop, the goroutines that work fetched messages, and
 // the heartbeats that keep long-running ones from being redelivered.
 
-// pump feeds one source's messages to a handler, at most allowed() at once. While every
-// slot is allowed it also keeps up to prefetch more messages fetched and waiting for a free
+// pump feeds one source's messages to a handler, at most allowed() at once. While nothing
+// holds work back it also keeps up to half as many more fetched and waiting for a free
 // goroutine, so that a goroutine done with one message starts the next at once instead of
 // waiting out a pull request's round trip.
 type pump struct {
 	name       string
 	src        Source
-	allowed    func() int
-	full       int // allowed() when nothing holds work back: the most goroutines
-	prefetch   int
-	poll       time.Duration // how often a fetch loop with nothing to do looks again unwoken
+	allowed    func() (n int, prefetch bool) // prefetch: nothing holds work back
+	slots      func() int                    // the goroutines wanted now: a new one starts only below it
+	full       int                           // the most slots() ever says: the most goroutines
+	poll       time.Duration                 // how often a fetch loop with nothing to do looks again unwoken
 	handle     func(ctx, work context.Context, m Message)
 	inflight   atomic.Int64  // fetched and not yet settled, waiting ones included
 	goroutines int           // started by start, which only the fetch loop calls
@@ -30,24 +30,26 @@ type pump struct {
 	observe    bool          // report in-flight counts to the Observer
 }
 
-func newPump(name string, src Source, full int, allowed func() int, handle func(ctx, work context.Context, m Message), observe bool) *pump {
-	prefetch := max(1, full/2)
+func newPump(name string, src Source, full int, slots func() int, allowed func() (int, bool), handle func(ctx, work context.Context, m Message), observe bool) *pump {
 	return &pump{
-		name: name, src: src, allowed: allowed, full: full, prefetch: prefetch, poll: 250 * time.Millisecond,
+		name: name, src: src, allowed: allowed, slots: slots, full: full, poll: 250 * time.Millisecond,
 		handle: handle, observe: observe,
 		wakeup:  make(chan struct{}, 1),
 		work:    make(chan Message),
-		waiting: make(chan Message, full+prefetch), // at most every message in flight
+		waiting: make(chan Message, full+prefetchFor(full)), // at most every message in flight
 	}
 }
 
+// prefetchFor is the fetch-ahead for n slots.
+func prefetchFor(n int) int { return max(1, n/2) }
+
 // fetchable is how many messages may be fetched and not yet settled now.
 func (p *pump) fetchable() int {
-	allowed := p.allowed()
-	if allowed >= p.full {
-		return allowed + p.prefetch
+	n, prefetch := p.allowed()
+	if prefetch {
+		return n + prefetchFor(n)
 	}
-	return allowed
+	return n
 }
 
 func (w *Worker) fetchLoop(ctx, work context.Context, p *pump) {
@@ -76,33 +78,40 @@ func (w *Worker) fetchLoop(ctx, work context.Context, p *pump) {
 
 // allowedChecks is how many state checks may be in flight now: none while Graph refuses
 // us or no token can be had, as for requests.
-func (w *Worker) allowedChecks() int {
-	if open, _ := w.circuit.state(); open || w.credDown.Load() {
-		return 0
+func (w *Worker) allowedChecks() (int, bool) {
+	if open, _ := w.circuit.state(); open || w.credDown.Load() || w.gate.remaining() > fetchPause {
+		return 0, false
 	}
 	if w.deps.Hold != nil && w.deps.Hold() != nil {
-		return 0
+		return 0, false
 	}
-	return w.cfg.Verify.Concurrency
+	return w.cfg.Verify.Concurrency, true
 }
 
+// fetchPause is the longest pause of the throttle gate during which fetching goes on: what
+// is fetched during a longer one would only wait, or be handed back for when it ends.
+const fetchPause = 5 * time.Second
+
 // allowed is how many messages may be in flight now.
-func (w *Worker) allowed() int {
+func (w *Worker) allowed() (int, bool) {
 	if open, probeDue := w.circuit.state(); open {
 		if probeDue {
-			return 1
+			return 1, false
 		}
-		return 0
+		return 0, false
 	}
 	if w.credDown.Load() {
-		return 1
+		return 1, false
+	}
+	if w.gate.remaining() > fetchPause {
+		return 0, false
 	}
 	if w.deps.Hold != nil {
 		if err := w.deps.Hold(); err != nil {
-			return 0
+			return 0, false
 		}
 	}
-	return w.cfg.Concurrency
+	return w.limit.value(), true
 }
 
 // wake tells the fetch loop to look again at what it may fetch: a slot was freed, or a
@@ -142,7 +151,9 @@ func (w *Worker) start(ctx, work context.Context, p *pump, m Message) {
 	select {
 	case p.work <- m: // an idle goroutine of the pump takes it
 	default:
-		if p.goroutines < p.full {
+		// Goroutines are kept once started: after the limit falls, more may be idle than it
+		// allows, but what they are handed stays within fetchable.
+		if p.goroutines < min(p.full, p.slots()) {
 			p.goroutines++
 			w.pool.Add(1)
 			go w.serve(ctx, work, p, m)

@@ -142,7 +142,7 @@ func (w *Worker) precheck(ctx, work context.Context, d Delivery, req Request) st
 	if !w.cfg.Verify.Enabled || !w.cfg.Verify.Precheck || w.deps.States == nil {
 		return ""
 	}
-	if err := w.pace(ctx); err != nil {
+	if err := w.pace(ctx, time.Time{}); err != nil {
 		return ""
 	}
 	a, resp, err := w.deps.States.GetAssignment(work, req.ID)
@@ -204,7 +204,7 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 		w.handBack(m, d, w.cfg.ShutdownNakDelay, "shutting down")
 		return
 	}
-	if err := w.pace(ctx); err != nil {
+	if err := w.pace(ctx, time.Time{}); err != nil {
 		w.circuit.abandon(probe)
 		w.handBack(m, d, w.cfg.ShutdownNakDelay, "shutting down")
 		return

@@ -23,6 +23,7 @@ type Worker struct {
 	attempts attemptLog
 	beats    heartbeats
 
+	limit    *inflightLimit // how many requests may be worked at once
 	requests *pump
 	checks   *pump          // nil when tracking is off
 	handlers sync.WaitGroup // messages being worked
@@ -65,9 +66,16 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 	if w.gate == nil {
 		w.gate = NewGate(cfg.Now, obs)
 	}
-	w.requests = newPump("requests", deps.Source, cfg.Concurrency, w.allowed, w.handle, true)
+	maxN := cfg.Concurrency
+	if byMemory := memoryBound(); byMemory < maxN {
+		cfg.Logger.Info("concurrency bounded by the memory limit (GOMEMLIMIT)", "configured", maxN, "bound", byMemory)
+		maxN = byMemory
+	}
+	w.limit = newInflightLimit(maxN, deps.Rate, cfg.Now, obs, cfg.Logger)
+	w.requests = newPump("requests", deps.Source, maxN, w.limit.value, w.allowed, w.handle, true)
 	if cfg.Verify.Enabled {
-		w.checks = newPump("state checks", deps.Checks, cfg.Verify.Concurrency, w.allowedChecks, w.handleCheck, false)
+		checks := cfg.Verify.Concurrency
+		w.checks = newPump("state checks", deps.Checks, checks, func() int { return checks }, w.allowedChecks, w.handleCheck, false)
 	}
 	obs.CircuitOpen(false)
 	obs.Throttled(false)
@@ -165,3 +173,4 @@ func (nopObserver) InFlight(int)                    {}
 func (nopObserver) Throttled(bool)                  {}
 func (nopObserver) ThrottleWait(time.Duration)      {}
 func (nopObserver) CircuitOpen(bool)                {}
+func (nopObserver) Concurrency(int)                 {}

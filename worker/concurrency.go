@@ -1,0 +1,124 @@
+package worker
+
+import (
+	"log/slog"
+	"math"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// inflightLimit sizes how many requests are worked at once from what Graph sustains. By
+// Little's law the calls in flight are the rate times the time each call holds its slot, so
+// the limit is the rate limiter's current rate times the observed busy time of a request
+// (its Graph calls and the storing of what it produced, not its waits for the rate
+// limiter, a Retry-After or a backoff), with headroom, and never below a floor or above the
+// configured maximum. Without a rate (REPROCESSOR_RATE=0) nothing bounds the calls but the
+// maximum, which is then the limit. It is TCP's bandwidth-delay product, as BBR and
+// Netflix's concurrency-limits size a window: a slow Graph gets more calls in flight, a
+// fast one fewer, and the rate limiter, not the slot count, sets the pace.
+type inflightLimit struct {
+	max, floor int
+	rate       func() float64 // the limiter's calls per second; nil: unlimited
+	now        func() time.Time
+	obs        Observer
+	log        *slog.Logger
+
+	cur atomic.Int64
+
+	mu     sync.Mutex
+	busy   float64 // smoothed busy seconds per request; 0 until the first
+	next   time.Time
+	logged int
+}
+
+const (
+	// limitHeadroom multiplies rate × busy time: the limiter can then be saturated while
+	// latency varies, and the slow start (which doubles the rate while it is in use) is
+	// never held back by the slots.
+	limitHeadroom = 2
+	// limitFloor is the least limit: room for a few calls while the busy time is unknown
+	// or tiny, which costs nothing when the rate is what bounds the calls.
+	limitFloor = 16
+	// limitEvery is how often the limit is recomputed from the latest estimate.
+	limitEvery = 100 * time.Millisecond
+	// busySmoothing weighs each new busy time into the estimate.
+	busySmoothing = 1.0 / 16
+)
+
+func newInflightLimit(maxN int, rate func() float64, now func() time.Time, obs Observer, log *slog.Logger) *inflightLimit {
+	l := &inflightLimit{max: maxN, floor: min(limitFloor, maxN), rate: rate, now: now, obs: obs, log: log}
+	start := l.floor
+	if rate == nil {
+		start = maxN
+	}
+	l.cur.Store(int64(start))
+	l.logged = start
+	obs.Concurrency(start)
+	return l
+}
+
+// value is the current limit.
+func (l *inflightLimit) value() int { return int(l.cur.Load()) }
+
+// observe takes the busy time of one request that called Graph.
+func (l *inflightLimit) observe(busy time.Duration) {
+	if l.rate == nil {
+		return
+	}
+	l.mu.Lock()
+	s := max(busy, 0).Seconds()
+	if l.busy == 0 {
+		l.busy = s
+	} else {
+		l.busy += (s - l.busy) * busySmoothing
+	}
+	now := l.now()
+	if now.Before(l.next) {
+		l.mu.Unlock()
+		return
+	}
+	l.next = now.Add(limitEvery)
+	n := l.target(l.rate(), l.busy)
+	old := int(l.cur.Swap(int64(n)))
+	logIt := math.Abs(float64(n-l.logged)) > float64(l.logged)/5
+	from, est := l.logged, l.busy
+	if logIt {
+		l.logged = n
+	}
+	l.mu.Unlock()
+	if n != old {
+		l.obs.Concurrency(n)
+	}
+	if logIt {
+		l.log.Info("concurrency changed", "from", from, "to", n, "rate", math.Round(l.rate()*100)/100, "busy_ms", math.Round(est*1e4)/10)
+	}
+}
+
+// target is the limit for rate calls per second at busy seconds each.
+func (l *inflightLimit) target(rate, busy float64) int {
+	if !(rate > 0) || math.IsInf(rate, 0) {
+		return l.max
+	}
+	want := math.Ceil(rate * busy * limitHeadroom)
+	if want > float64(l.max) {
+		return l.max
+	}
+	return max(l.floor, int(want))
+}
+
+// perSlotMemory is what one request in flight may hold at most: a Graph error body (64 KiB),
+// its event and dead letter, a goroutine's stack, with room to spare.
+const perSlotMemory = 256 << 10
+
+// memoryBound is the most requests in flight the process's memory limit (GOMEMLIMIT, as
+// Kubernetes users set it from the container's limit) leaves room for, with half the limit
+// kept for everything else; without a limit, no bound.
+func memoryBound() int {
+	limit := debug.SetMemoryLimit(-1)
+	if limit <= 0 || limit == math.MaxInt64 {
+		return math.MaxInt
+	}
+	return max(limitFloor, int(limit/2/perSlotMemory))
+}
