@@ -177,7 +177,8 @@ func TestStateTrackingHonoursRetryAfter(t *testing.T) {
 	t.Parallel()
 	sys := newSystem(t, graphtest.Options{})
 	sys.gt.SetDefaultLifecycle(&graphtest.Lifecycle{Delivering: 0})
-	sys.startWorker(tracking)
+	// The first check waits long enough for the 429 below to be in place before it reads.
+	sys.startWorker(env{"REPROCESSOR_VERIFY": "true", "REPROCESSOR_VERIFY_DELAY": "2s", "REPROCESSOR_VERIFY_DEADLINE": "8s"})
 	id := ids(1, 22)[0]
 	sys.publish([]byte(id))
 	sys.events(1) // accepted
