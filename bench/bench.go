@@ -58,42 +58,55 @@ type Options struct {
 	Processes   bool          // run each replica as a child process ("reprocessor run")
 	Bare        bool          // also run the bare pipelines and compute the ratios
 	PublishRate float64       // ids published per second; 0 as fast as possible
+	Peer        string        // a peer binary (peers/watermill) to run on the same ids after the worker; "" none
 }
 
 // Result is what a bench run measured.
 type Result struct {
-	Replicas        int     `json:"replicas"`
-	Concurrency     int     `json:"concurrency"`
-	Rate            string  `json:"rate"`
-	ThrottleRate    float64 `json:"throttleRate"`
-	Ids             int     `json:"ids"`
-	Completed       int     `json:"completed"`
-	Accepted        int     `json:"accepted"`
-	Seconds         float64 `json:"seconds"`
-	IdsPerSecond    float64 `json:"idsPerSecond"`
-	AcceptedPerSec  float64 `json:"acceptedPerSecond"`
-	GraphCalls      int     `json:"graphCalls"`
-	CallsPerID      float64 `json:"callsPerId"`
-	Throttled       int     `json:"throttled429"`
-	ThrottledShare  float64 `json:"throttledShare"`
-	ToCallP50MS     float64 `json:"publishToCallP50Ms"`
-	ToCallP95MS     float64 `json:"publishToCallP95Ms"`
-	ToCallP99MS     float64 `json:"publishToCallP99Ms"`
-	ToEventP50MS    float64 `json:"publishToEventP50Ms"`
-	ToEventP95MS    float64 `json:"publishToEventP95Ms"`
-	ToEventP99MS    float64 `json:"publishToEventP99Ms"`
-	CPUPerIDMicros  float64 `json:"cpuPerIdMicros,omitempty"` // in-process: the whole bench process's CPU time per completed id
-	PeakHeapMiB     float64 `json:"peakHeapMiB,omitempty"`    // in-process: the whole bench process
-	PeakRSSMiB      float64 `json:"peakRssMiB"`               // the workers' (children with --processes, else this process)
-	RSSFirstHalfMiB float64 `json:"rssFirstHalfMiB"`          // the highest RSS in the first half of the run
-	RSSLastHalfMiB  float64 `json:"rssLastHalfMiB"`           // and in the second half: flat if close
-	BareIdsPerSec   float64 `json:"bareIdsPerSecond,omitempty"`
-	BareCPUPerID    float64 `json:"bareCpuPerIdMicros,omitempty"`
-	RatioToBare     float64 `json:"ratioToBare,omitempty"`
+	Replicas       int     `json:"replicas"`
+	Concurrency    int     `json:"concurrency"`
+	Rate           string  `json:"rate"`
+	ThrottleRate   float64 `json:"throttleRate"`
+	Ids            int     `json:"ids"`
+	Completed      int     `json:"completed"`
+	Accepted       int     `json:"accepted"`
+	Seconds        float64 `json:"seconds"`
+	IdsPerSecond   float64 `json:"idsPerSecond"`
+	AcceptedPerSec float64 `json:"acceptedPerSecond"`
+	GraphCalls     int     `json:"graphCalls"`
+	CallsPerID     float64 `json:"callsPerId"`
+	Throttled      int     `json:"throttled429"`
+	ThrottledShare float64 `json:"throttledShare"`
+	ToCallP50MS    float64 `json:"publishToCallP50Ms"`
+	ToCallP95MS    float64 `json:"publishToCallP95Ms"`
+	ToCallP99MS    float64 `json:"publishToCallP99Ms"`
+	ToEventP50MS   float64 `json:"publishToEventP50Ms"`
+	ToEventP95MS   float64 `json:"publishToEventP95Ms"`
+	ToEventP99MS   float64 `json:"publishToEventP99Ms"`
+	CPUPerIDMicros float64 `json:"cpuPerIdMicros,omitempty"` // in-process: the whole bench process's CPU time per completed id
+	// With --processes: the worker processes' own CPU time (their whole life) per completed id.
+	WorkerCPUPerIDMicros float64 `json:"workerCpuPerIdMicros,omitempty"`
+	PeakHeapMiB          float64 `json:"peakHeapMiB,omitempty"` // in-process: the whole bench process
+	PeakRSSMiB           float64 `json:"peakRssMiB"`            // the workers' (children with --processes, else this process)
+	RSSFirstHalfMiB      float64 `json:"rssFirstHalfMiB"`       // the highest RSS in the first half of the run
+	RSSLastHalfMiB       float64 `json:"rssLastHalfMiB"`        // and in the second half: flat if close
+	PeakInFlight         int     `json:"peakInFlight"`          // the most Graph calls the simulated Graph answered at once
+	// With a throttle R: accepted/s over the second half of the run (converged), and when
+	// the accepted rate over a trailing 2 s first reached 0.9·R (-1: never).
+	SteadyAcceptedPerSec float64 `json:"steadyAcceptedPerSecond,omitempty"`
+	SecondsTo90          float64 `json:"secondsTo90,omitempty"`
+	BareIdsPerSec        float64 `json:"bareIdsPerSecond,omitempty"`
+	BareCPUPerID         float64 `json:"bareCpuPerIdMicros,omitempty"`
+	RatioToBare          float64 `json:"ratioToBare,omitempty"`
 	// The bare pipeline with one stored, acknowledged publish per id, as the worker's event.
 	BarePublishIdsPerSec float64 `json:"barePublishIdsPerSecond,omitempty"`
 	BarePublishCPUPerID  float64 `json:"barePublishCpuPerIdMicros,omitempty"`
 	RatioToBarePublish   float64 `json:"ratioToBarePublish,omitempty"`
+	// The worker and the peer, each from its first stored event to its last.
+	FirstToLastIdsPerSec float64 `json:"firstToLastIdsPerSecond,omitempty"`
+	PeerIdsPerSec        float64 `json:"peerIdsPerSecond,omitempty"`
+	PeerCPUPerID         float64 `json:"peerCpuPerIdMicros,omitempty"` // the peer process's own
+	RatioToPeer          float64 `json:"ratioToPeer,omitempty"`
 }
 
 const benchPrefix = "bench.reprocess"
@@ -104,6 +117,7 @@ type Rounds struct {
 	MedianIdsPerSecond       float64  `json:"medianIdsPerSecond"`
 	MedianRatioToBare        float64  `json:"medianRatioToBare,omitempty"`
 	MedianRatioToBarePublish float64  `json:"medianRatioToBarePublish,omitempty"`
+	MedianRatioToPeer        float64  `json:"medianRatioToPeer,omitempty"`
 }
 
 // Sum sets the medians of the rounds.
@@ -118,6 +132,7 @@ func (r *Rounds) Sum() {
 	r.MedianIdsPerSecond = field(func(b Result) float64 { return b.IdsPerSecond })
 	r.MedianRatioToBare = field(func(b Result) float64 { return b.RatioToBare })
 	r.MedianRatioToBarePublish = field(func(b Result) float64 { return b.RatioToBarePublish })
+	r.MedianRatioToPeer = field(func(b Result) float64 { return b.RatioToPeer })
 }
 
 // Print writes the medians and each round's ratios.
@@ -134,6 +149,9 @@ func (r Rounds) Print(w io.Writer) {
 	if r.MedianRatioToBare > 0 {
 		fmt.Fprintf(w, "bare pipeline  the worker does %.2f of it (median; rounds: %s)\n", r.MedianRatioToBare, ratios(func(b Result) float64 { return b.RatioToBare }))
 		fmt.Fprintf(w, "bare + publish the worker does %.2f of it (median; rounds: %s)\n", r.MedianRatioToBarePublish, ratios(func(b Result) float64 { return b.RatioToBarePublish }))
+	}
+	if r.MedianRatioToPeer > 0 {
+		fmt.Fprintf(w, "watermill peer the worker does %.2f of it (median; rounds: %s)\n", r.MedianRatioToPeer, ratios(func(b Result) float64 { return b.RatioToPeer }))
 	}
 }
 
@@ -191,6 +209,7 @@ type benchClock struct {
 	start     time.Time
 	published []atomic.Int64 // ns since start
 	ended     []int64
+	acceptAt  []int64 // when each accepted event was stored, ns since start
 	completed int
 	accepted  int
 	lastEnd   int64
@@ -289,6 +308,7 @@ func (b *benchClock) record(data []byte, at, end int64) {
 	b.completed++
 	if e.Type == worker.TypePrefix+worker.KindAccepted {
 		b.accepted++
+		b.acceptAt = append(b.acceptAt, at)
 	}
 	b.lastEnd = max(b.lastEnd, at)
 }
@@ -384,6 +404,10 @@ func Run(ctx context.Context, cfg config.Config, f Options, log *slog.Logger, st
 	stopSampling()
 	<-sampled
 	workers.stop()
+	var workerCPU time.Duration
+	if workers.cpu != nil {
+		workerCPU = workers.cpu()
+	}
 	if err := <-pubErr; err != nil && ctx.Err() == nil {
 		fmt.Fprintf(stderr, "reprocessor bench: publish: %v\n", err)
 	}
@@ -396,6 +420,9 @@ func Run(ctx context.Context, cfg config.Config, f Options, log *slog.Logger, st
 
 	res.Seconds = float64(end-workStart) / 1e9
 	res.Completed, res.Accepted = bc.completed, bc.accepted
+	if workerCPU > 0 && res.Completed > 0 {
+		res.WorkerCPUPerIDMicros = math.Round(float64(workerCPU.Nanoseconds())/1e3/float64(res.Completed)*10) / 10
+	}
 	if !f.Processes && res.Completed > 0 {
 		res.CPUPerIDMicros = math.Round(float64(cpu)/1e3/float64(res.Completed)*10) / 10
 	}
@@ -430,10 +457,34 @@ func Run(ctx context.Context, cfg config.Config, f Options, log *slog.Logger, st
 	res.ToCallP50MS, res.ToCallP95MS, res.ToCallP99MS = percentiles(toCall)
 	res.ToEventP50MS, res.ToEventP95MS, res.ToEventP99MS = percentiles(toEvent)
 	res.PeakHeapMiB, res.PeakRSSMiB, res.RSSFirstHalfMiB, res.RSSLastHalfMiB = mem.summary()
+	res.PeakInFlight = gt.PeakInFlight()
+	if f.Throttle > 0 {
+		res.SteadyAcceptedPerSec, res.SecondsTo90 = convergence(bc.acceptAt, workStart, end, f.Throttle)
+	}
 	if f.Processes {
 		res.PeakHeapMiB = 0 // the children's heap is not visible from here
 	}
 
+	if f.Peer != "" && ctx.Err() == nil {
+		first, last := int64(math.MaxInt64), int64(0)
+		for _, e := range bc.ended {
+			if e > 0 {
+				first, last = min(first, e), max(last, e)
+			}
+		}
+		if last > first {
+			res.FirstToLastIdsPerSec = float64(res.Completed-1) / (float64(last-first) / 1e9)
+		}
+		n := max(res.Completed, 1)
+		pr, err := runPeer(ctx, js, gt, emb.ClientURL(), dir, f.Peer, n, cfg.Concurrency)
+		if err != nil {
+			return res, fmt.Errorf("peer: %w", err)
+		}
+		res.PeerIdsPerSec, res.PeerCPUPerID = pr.idsPerSec, pr.cpuPerID
+		if pr.idsPerSec > 0 {
+			res.RatioToPeer = res.FirstToLastIdsPerSec / pr.idsPerSec
+		}
+	}
 	if f.Bare && ctx.Err() == nil {
 		n := res.Completed
 		if n == 0 {
@@ -452,6 +503,34 @@ func Run(ctx context.Context, cfg config.Config, f Options, log *slog.Logger, st
 		res.RatioToBarePublish = res.IdsPerSecond / perSec
 	}
 	return res, nil
+}
+
+// convergence reads the accepted events' store times (ns since start) of a run from
+// workStart to end against a Graph admitting r calls/s: the accepted rate over the second
+// half, and the seconds from workStart until the rate over a trailing 2 s first reached
+// 0.9·r (-1 if it never did).
+func convergence(acceptAt []int64, workStart, end int64, r float64) (steady, to90 float64) {
+	slices.Sort(acceptAt)
+	mid := workStart + (end-workStart)/2
+	half := 0
+	for _, t := range acceptAt {
+		if t > mid && t <= end {
+			half++
+		}
+	}
+	if span := float64(end-mid) / 1e9; span > 0 {
+		steady = float64(half) / span
+	}
+	const window = 2 * time.Second
+	need := int(math.Ceil(0.9 * r * window.Seconds()))
+	to90 = -1
+	for i := need - 1; i < len(acceptAt); i++ {
+		if acceptAt[i]-acceptAt[i-need+1] <= int64(window) && acceptAt[i] >= workStart+int64(window) {
+			to90 = float64(acceptAt[i]-workStart) / 1e9
+			break
+		}
+	}
+	return steady, to90
 }
 
 // publishIDs publishes the first n bench ids to subject with asynchronous JetStream acks
@@ -523,7 +602,10 @@ func percentiles(v []float64) (p50, p95, p99 float64) {
 }
 
 // benchReplicas are the running worker replicas.
-type benchReplicas struct{ stop func() }
+type benchReplicas struct {
+	stop func()
+	cpu  func() time.Duration // child processes: their CPU time, once stopped; nil in process
+}
 
 func startBenchReplicas(ctx context.Context, cfg config.Config, f Options, gt *graphtest.Server, dir string, mem *memSampler) (benchReplicas, error) {
 	env := gt.Env("")
@@ -598,6 +680,15 @@ func startChildReplicas(cfg config.Config, n int, graphEnv map[string]string, me
 			_ = c.Wait()
 		}
 	}
+	cpu := func() time.Duration {
+		var total time.Duration
+		for _, c := range cmds {
+			if ps := c.ProcessState; ps != nil {
+				total += ps.UserTime() + ps.SystemTime()
+			}
+		}
+		return total
+	}
 	for r := range n {
 		c := exec.Command(exe, "run")
 		c.Env = append(slices.Clone(base), fmt.Sprintf("REPROCESSOR_INSTANCE=bench-%d", r+1), "REPROCESSOR_LOG_LEVEL="+cfg.LogLevel)
@@ -609,7 +700,7 @@ func startChildReplicas(cfg config.Config, n int, graphEnv map[string]string, me
 		cmds = append(cmds, c)
 		mem.pids = append(mem.pids, c.Process.Pid)
 	}
-	return benchReplicas{stop: stop}, nil
+	return benchReplicas{stop: stop, cpu: cpu}, nil
 }
 
 // memSampler samples the resident memory of the workers (and the heap, in process).
@@ -790,6 +881,9 @@ func (r Result) Print(w io.Writer) {
 	if r.CPUPerIDMicros > 0 {
 		fmt.Fprintf(w, "CPU per id     %.1f µs (this whole process: workers, NATS, simulated Graph)\n", r.CPUPerIDMicros)
 	}
+	if r.WorkerCPUPerIDMicros > 0 {
+		fmt.Fprintf(w, "CPU per id     %.1f µs (the worker processes' own, start to stop)\n", r.WorkerCPUPerIDMicros)
+	}
 	if r.PeakHeapMiB > 0 {
 		fmt.Fprintf(w, "peak heap      %.1f MiB (this whole process)\n", r.PeakHeapMiB)
 	}
@@ -797,6 +891,9 @@ func (r Result) Print(w io.Writer) {
 	if r.BareIdsPerSec > 0 {
 		fmt.Fprintf(w, "bare pipeline  %.1f ids/s, %.1f µs CPU per id (fetch, POST, ack); the worker does %.2f of it\n", r.BareIdsPerSec, r.BareCPUPerID, r.RatioToBare)
 		fmt.Fprintf(w, "bare + publish %.1f ids/s, %.1f µs CPU per id (fetch, POST, publish an event, ack); the worker does %.2f of it\n", r.BarePublishIdsPerSec, r.BarePublishCPUPerID, r.RatioToBarePublish)
+	}
+	if r.PeerIdsPerSec > 0 {
+		fmt.Fprintf(w, "watermill peer %.1f ids/s first to last event (the worker %.1f), %.1f µs CPU per id of its own process; the worker does %.2f of it\n", r.PeerIdsPerSec, r.FirstToLastIdsPerSec, r.PeerCPUPerID, r.RatioToPeer)
 	}
 }
 

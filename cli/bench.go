@@ -6,8 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"runtime/pprof"
+	"strconv"
+	"time"
 
 	"github.com/reprocessor/reprocessor/bench"
 	"github.com/reprocessor/reprocessor/config"
@@ -37,7 +40,10 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	fs.BoolVar(&f.Bare, "bare", true, "also run the bare pipelines (fetch, POST, ack; and the same storing an event per id) and print the ratios")
 	fs.Float64Var(&f.PublishRate, "publish-rate", 0, "ids published per second; 0 as fast as possible")
 	fs.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	fs.StringVar(&f.Peer, "peer", "", "also run this peer binary (go build -C peers -o watermill-peer ./watermill) on the same ids, NATS server and simulated Graph, after the worker in each round")
 	fs.IntVar(&nRounds, "rounds", 1, "run the whole bench this many times, each on a fresh NATS server and simulated Graph, and sum up the worker's ratios to the bare pipelines by their median: on a shared machine one round's ratio swings by a fifth")
+	grid := fs.Bool("grid", false, "run the grid instead: R of 20, 200 and 1000 calls/s x latency of 50 ms, 300 ms and 1 s x 1 and 3 replicas, with the worker's settings as given (its defaults unless set), each cell --cell-duration long")
+	cellDuration := fs.Duration("cell-duration", 60*time.Second, "with --grid: how long each cell runs")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (workers, NATS, simulated Graph) to this file")
 	load := config.Bind(fs, bench.Env(getenv))
 	if err := fs.Parse(args); err != nil {
@@ -70,6 +76,9 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		defer pprof.StopCPUProfile()
 	}
+	if *grid {
+		return benchGrid(ctx, cfg, *cellDuration, asJSON, log, stdout, stderr)
+	}
 	var rounds bench.Rounds
 	for i := range nRounds {
 		res, err := bench.Run(ctx, cfg, f, log, stderr)
@@ -95,6 +104,40 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 		rounds.Print(stdout)
 	}
 	return exitOK
+}
+
+// benchGrid runs bench --grid and prints a line per cell as it ends, or the cells as JSON.
+func benchGrid(ctx context.Context, cfg config.Config, cell time.Duration, asJSON bool, log *slog.Logger, stdout, stderr io.Writer) int {
+	if cell < 10*time.Second {
+		fmt.Fprintln(stderr, "reprocessor bench: --cell-duration must be at least 10s, for the rate to converge")
+		return exitUsage
+	}
+	if !asJSON {
+		fmt.Fprintf(stdout, "concurrency at most %d, rate %s (ceiling %g), each cell %s\n", cfg.Concurrency, rateText(cfg), cfg.RateCeiling, cell)
+		fmt.Fprintln(stdout, bench.GridHeader)
+	}
+	cells, err := bench.RunGrid(ctx, cfg, cell, log, stderr, func(c bench.Cell) {
+		if !asJSON {
+			fmt.Fprintln(stdout, c.Line())
+		}
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "reprocessor bench: %v\n", err)
+		return exitFailed
+	}
+	if asJSON {
+		writeJSON(stdout, cells)
+	} else {
+		fmt.Fprintln(stdout, bench.GridSummary(cells))
+	}
+	return exitOK
+}
+
+func rateText(cfg config.Config) string {
+	if cfg.RateAuto {
+		return "auto"
+	}
+	return strconv.FormatFloat(cfg.Rate, 'g', -1, 64)
 }
 
 func writeJSON(w io.Writer, v any) {

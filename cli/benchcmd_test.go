@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -126,4 +128,26 @@ func benchOK(t *testing.T, args ...string) []byte {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
 	return out.Bytes()
+}
+
+// TestBenchWatermillPeer builds the Watermill peer from its own module (peers/) and runs it
+// in a bench round beside the worker, on the same ids, NATS server and simulated Graph.
+func TestBenchWatermillPeer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the peer's module: CI runs it, -short does not")
+	}
+	t.Parallel()
+	peer := filepath.Join(t.TempDir(), "watermill-peer")
+	build := exec.Command("go", "build", "-C", "../peers", "-o", peer, "./watermill")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the peer: %v\n%s", err, out)
+	}
+	out := benchOK(t, "--ids", "400", "--rate", "0", "--concurrency", "16", "--preload", "--bare=false", "--peer", peer, "--json")
+	var r bench.Result
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if r.Completed != 400 || r.PeerIdsPerSec <= 0 || r.FirstToLastIdsPerSec <= 0 || r.RatioToPeer <= 0 || r.PeerCPUPerID <= 0 {
+		t.Errorf("result %+v", r)
+	}
 }

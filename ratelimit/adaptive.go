@@ -113,7 +113,9 @@ type Adaptive struct {
 	prevCount  int           // successes in the window before, and its length: with the
 	prevSpan   time.Duration // current one, the rate Graph actually admitted lately
 	lastCut    time.Time
-	logged     float64 // the rate last logged
+	cooldown   time.Duration // after lastCut: Config.Cooldown, or longer for a slow Graph
+	latency    time.Duration // smoothed time a call takes
+	logged     float64       // the rate last logged
 }
 
 // New returns an Adaptive limiter at its initial rate.
@@ -166,8 +168,9 @@ func (a *Adaptive) Rate() float64 {
 // the slow start) in which at least half the rate's calls succeeded (the limit was in use,
 // not idle), the rate grows: by Step, or doubled in the slow start. Counting seconds, not
 // calls, keeps many calls in flight from inflating the increase.
-func (a *Adaptive) Succeeded() {
+func (a *Adaptive) Succeeded(took time.Duration) {
 	a.mu.Lock()
+	a.observeLatency(took)
 	now := a.cfg.Now()
 	a.successes++
 	elapsed := now.Sub(a.windowFrom)
@@ -200,7 +203,10 @@ func (a *Adaptive) Succeeded() {
 // Throttled reports a 429, 503 or 504. The rate is cut at most once per cooldown, to
 // Decrease times the lower of the rate and the rate of successes over the last second or
 // two (what Graph admitted).
-func (a *Adaptive) Throttled(time.Duration, bool) {
+func (a *Adaptive) Throttled(took, _ time.Duration, _ bool) {
+	a.mu.Lock()
+	a.observeLatency(took)
+	a.mu.Unlock()
 	if r, cut := a.cut("cut: Graph throttled"); cut && a.cfg.OnCut != nil {
 		a.cfg.OnCut(r)
 	}
@@ -215,11 +221,12 @@ func (a *Adaptive) cut(why string) (float64, bool) {
 	now := a.cfg.Now()
 	endsSlowStart := a.slowStart
 	a.slowStart = false
-	if !a.lastCut.IsZero() && now.Sub(a.lastCut) < a.cfg.Cooldown {
+	if !a.lastCut.IsZero() && now.Sub(a.lastCut) < a.cooldown {
 		a.mu.Unlock()
 		return 0, false
 	}
 	a.lastCut = now
+	a.cooldown = max(a.cfg.Cooldown, time.Duration(cooldownRTTs*float64(a.latency)))
 	// The cut that ends the slow start starts from the rate Graph admitted over the last
 	// second or two, when that is below the limiter's rate: a rate far above the limit (the
 	// doubling overshooting) then comes down in one step, not in several seconds of 429s.
@@ -288,6 +295,23 @@ func (a *Adaptive) setLocked(r float64, why string) float64 {
 		a.cfg.Logger.Info("Graph call rate changed", "from", round(from), "to", round(r), "why", why)
 	}
 	return r
+}
+
+// cooldownRTTs is the cooldown after a cut in call latencies: the answers to the calls that
+// were in flight when the rate was cut come back within about one latency, and the 429s
+// among them say nothing new (TCP cuts its window once per round trip for the same reason).
+const cooldownRTTs = 1.5
+
+// observeLatency weighs one call's duration into the smoothed latency; a.mu is held.
+func (a *Adaptive) observeLatency(took time.Duration) {
+	if took <= 0 {
+		return
+	}
+	if a.latency == 0 {
+		a.latency = took
+		return
+	}
+	a.latency += (took - a.latency) / 8
 }
 
 // GrowthPerSecond is the share of its rate the limiter adds per second of success when no

@@ -45,7 +45,7 @@ func succeed(a *Adaptive, c *clock, n int, d time.Duration) {
 		c.mu.Lock()
 		c.t = start.Add(d * time.Duration(i) / time.Duration(n))
 		c.mu.Unlock()
-		a.Succeeded()
+		a.Succeeded(0)
 	}
 }
 
@@ -63,7 +63,7 @@ func TestSlowStartThenAdditive(t *testing.T) {
 		t.Fatalf("after two: %v, want 40", got)
 	}
 	succeed(a, c, 20, 500*time.Millisecond)
-	a.Throttled(0, false) // at 80/s, while Graph admitted 40/s over the last second
+	a.Throttled(0, 0, false) // at 80/s, while Graph admitted 40/s over the last second
 	if got := a.Rate(); !near(got, 34) {
 		t.Fatalf("after a 429: %v, want 34 (the 40/s admitted x0.85)", got)
 	}
@@ -77,7 +77,7 @@ func TestCutFromTheRateAdmittedOnlyToEndTheSlowStart(t *testing.T) {
 	t.Parallel()
 	a, c, _ := setup(t, Config{Ceiling: 1000, Initial: 400, Decrease: 0.5})
 	succeed(a, c, 100, 500*time.Millisecond) // slow start: 800/s, 200/s admitted
-	a.Throttled(time.Second, true)
+	a.Throttled(0, time.Second, true)
 	if got := a.Rate(); !near(got, 100) {
 		t.Fatalf("rate %v, want 100: half the 200/s admitted, not half of 800", got)
 	}
@@ -88,7 +88,7 @@ func TestCutFromTheRateAdmittedOnlyToEndTheSlowStart(t *testing.T) {
 	b.Adopt(400)
 	succeed(b, c, 200, time.Second)
 	succeed(b, c, 100, 500*time.Millisecond)
-	b.Throttled(time.Second, true)
+	b.Throttled(0, time.Second, true)
 	if got := b.Rate(); !near(got, 210) {
 		t.Fatalf("rate %v, want 210: half of 420 (400 plus a busy second's step)", got)
 	}
@@ -106,11 +106,11 @@ func TestIdleSecondsDoNotRaise(t *testing.T) {
 func TestConcurrencyDoesNotInflateTheIncrease(t *testing.T) {
 	t.Parallel()
 	a, c, _ := setup(t, Config{Ceiling: 1000, Initial: 100, Step: 5})
-	a.Throttled(0, false) // end the slow start: 85; a second of successes starts now
+	a.Throttled(0, 0, false) // end the slow start: 85; a second of successes starts now
 	// 1000 successes within one second (many calls in flight) raise the rate once.
 	succeed(a, c, 1000, 999*time.Millisecond)
 	c.add(time.Millisecond)
-	a.Succeeded()
+	a.Succeeded(0)
 	if got := a.Rate(); !near(got, 90) {
 		t.Fatalf("rate %v, want 90: one step per second, not per call", got)
 	}
@@ -120,14 +120,14 @@ func TestBurstOfThrottlesCutsOncePerCooldown(t *testing.T) {
 	t.Parallel()
 	a, c, _ := setup(t, Config{Ceiling: 1000, Initial: 200, Decrease: 0.5})
 	for range 50 { // the answers to calls that were in flight when the limit was hit
-		a.Throttled(2*time.Second, true)
+		a.Throttled(0, 2*time.Second, true)
 		c.add(10 * time.Millisecond)
 	}
 	if got := a.Rate(); !near(got, 100) {
 		t.Fatalf("rate %v after a burst of 429s within 0.5s, want one cut to 100", got)
 	}
 	c.add(time.Second)
-	a.Throttled(0, false)
+	a.Throttled(0, 0, false)
 	if got := a.Rate(); !near(got, 50) {
 		t.Fatalf("rate %v after a 429 past the cooldown, want 50", got)
 	}
@@ -144,7 +144,7 @@ func TestFloorAndCeiling(t *testing.T) {
 	}
 	for range 50 {
 		c.add(2 * time.Second)
-		a.Throttled(0, false)
+		a.Throttled(0, 0, false)
 	}
 	if got := a.Rate(); got != 2 {
 		t.Fatalf("rate %v, want the floor 2", got)
@@ -163,12 +163,12 @@ func TestOnCutOnlyForOwnThrottling(t *testing.T) {
 	if got := a.Rate(); got != 50 || len(cuts) != 0 {
 		t.Fatalf("peer cut: rate %v, OnCut %v; want 50 and no OnCut", got, cuts)
 	}
-	a.Throttled(0, false) // within the cooldown of the peer's cut: the same episode
+	a.Throttled(0, 0, false) // within the cooldown of the peer's cut: the same episode
 	if len(cuts) != 0 {
 		t.Fatalf("OnCut %v within the cooldown", cuts)
 	}
 	c.add(time.Second)
-	a.Throttled(0, false)
+	a.Throttled(0, 0, false)
 	if len(cuts) != 1 || cuts[0] != 25 {
 		t.Fatalf("OnCut %v, want [25]", cuts)
 	}
@@ -181,7 +181,7 @@ func TestReplicasConserveTheDeploymentRate(t *testing.T) {
 	if got := a.Rate(); !near(got, 30) {
 		t.Fatalf("rate %v with 3 replicas, want 30", got)
 	}
-	a.Throttled(0, false) // 25.5, slow start over
+	a.Throttled(0, 0, false) // 25.5, slow start over
 	c.add(2 * time.Second)
 	a.windowFrom = c.now()
 	succeed(a, c, 26, time.Second)
@@ -287,5 +287,28 @@ func TestWaitingForTurnHonoursContext(t *testing.T) {
 	cancelHolder()
 	if err := <-held; err == nil {
 		t.Fatal("the caller holding the turn was not released by its context")
+	}
+}
+
+// TestSlowGraphCutsOncePerRoundTrip: with calls taking a second, the 429s answering the
+// calls in flight at a cut arrive for about a second after it: they do not cut again
+// until one and a half latencies have passed.
+func TestSlowGraphCutsOncePerRoundTrip(t *testing.T) {
+	t.Parallel()
+	a, c, _ := setup(t, Config{Ceiling: 1000, Initial: 200, Decrease: 0.5})
+	a.Succeeded(time.Second)
+	a.Throttled(time.Second, 0, false)
+	if got := a.Rate(); !near(got, 100) {
+		t.Fatalf("rate %v, want a cut to 100", got)
+	}
+	c.add(1200 * time.Millisecond) // past the 1 s cooldown, within 1.5 latencies
+	a.Throttled(time.Second, 0, false)
+	if got := a.Rate(); !near(got, 100) {
+		t.Fatalf("rate %v: cut again by an answer to a call made before the first cut", got)
+	}
+	c.add(400 * time.Millisecond)
+	a.Throttled(time.Second, 0, false)
+	if got := a.Rate(); !near(got, 50) {
+		t.Fatalf("rate %v after 1.6 latencies, want a second cut to 50", got)
 	}
 }

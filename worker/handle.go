@@ -166,12 +166,13 @@ func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began 
 			w.circuit.abandon(probe)
 			return stopping, w.cfg.ShutdownNakDelay, false
 		}
+		t1 := w.cfg.Now()
 		resp, err := w.deps.Graph.Reprocess(work, req.ID)
 		for range resp.AuthRetries {
 			w.obs.Retry(RetryUnauthorized)
 		}
 		c := classify(resp, err)
-		w.feedback(resp, c)
+		w.feedback(resp, c, w.cfg.Now().Sub(t1))
 		wasOpen, _ := w.circuit.state()
 		dec := decide(c.verdict, wasOpen)
 		w.applyCircuit(dec.circuit, probe)

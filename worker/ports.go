@@ -116,10 +116,12 @@ type Limiter interface {
 // RateFeedback is told every Graph answer, for a Limiter that adapts its rate to them (an
 // additive-increase, multiplicative-decrease limiter).
 type RateFeedback interface {
-	// Succeeded reports an answer that was not throttling (any status but 429, 503, 504).
-	Succeeded()
-	// Throttled reports a 429, 503 or 504, with its Retry-After if it had one.
-	Throttled(retryAfter time.Duration, hasRetryAfter bool)
+	// Succeeded reports an answer that was not throttling (any status but 429, 503, 504),
+	// which took as long as took.
+	Succeeded(took time.Duration)
+	// Throttled reports a 429, 503 or 504 that took as long as took, with its Retry-After if
+	// it had one.
+	Throttled(took, retryAfter time.Duration, hasRetryAfter bool)
 }
 
 // MaxPause caps every wait the worker obeys: a Retry-After, or a pause heard from another

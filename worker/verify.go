@@ -145,8 +145,9 @@ func (w *Worker) precheck(ctx, work context.Context, d Delivery, req Request) st
 	if err := w.pace(ctx, time.Time{}); err != nil {
 		return ""
 	}
+	t0 := w.cfg.Now()
 	a, resp, err := w.deps.States.GetAssignment(work, req.ID)
-	w.feedback(resp, classify(resp, err))
+	w.feedback(resp, classify(resp, err), w.cfg.Now().Sub(t0))
 	switch {
 	case err != nil:
 		w.logFor(d, req).Debug("precheck failed", "err", err)
@@ -209,9 +210,10 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 		w.handBack(m, d, w.cfg.ShutdownNakDelay, "shutting down")
 		return
 	}
+	t0 := w.cfg.Now()
 	a, resp, err := w.deps.States.GetAssignment(work, c.AssignmentID)
 	cl := classify(resp, err)
-	w.feedback(resp, cl)
+	w.feedback(resp, cl, w.cfg.Now().Sub(t0))
 	for range resp.AuthRetries {
 		w.obs.Retry(RetryUnauthorized)
 	}

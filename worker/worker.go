@@ -84,7 +84,7 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 
 // feedback passes a Graph answer on to an adaptive limiter, and turns a Retry-After on a
 // 429, 503 or 504 into a pause of the whole process, shared with the other replicas.
-func (w *Worker) feedback(resp Response, c classification) {
+func (w *Worker) feedback(resp Response, c classification, took time.Duration) {
 	if c.verdict == verdictCredential || (c.verdict == verdictRetry && resp.Status == 0) {
 		return // no answer from Graph: nothing to learn about its rate
 	}
@@ -93,9 +93,9 @@ func (w *Worker) feedback(resp Response, c classification) {
 	retryAfter := resp.HasRetryAfter && resp.RetryAfter > 0
 	if fb := w.deps.Feedback; fb != nil {
 		if throttled {
-			fb.Throttled(min(resp.RetryAfter, MaxPause), retryAfter)
+			fb.Throttled(took, min(resp.RetryAfter, MaxPause), retryAfter)
 		} else {
-			fb.Succeeded()
+			fb.Succeeded(took)
 		}
 	}
 	if throttled && retryAfter {

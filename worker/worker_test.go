@@ -313,8 +313,8 @@ type feedbackLimiter struct {
 }
 
 func (l *feedbackLimiter) Wait(context.Context) error { return nil }
-func (l *feedbackLimiter) Succeeded()                 { l.mu.Lock(); l.succeeded++; l.mu.Unlock() }
-func (l *feedbackLimiter) Throttled(time.Duration, bool) {
+func (l *feedbackLimiter) Succeeded(time.Duration)    { l.mu.Lock(); l.succeeded++; l.mu.Unlock() }
+func (l *feedbackLimiter) Throttled(_, _ time.Duration, _ bool) {
 	l.mu.Lock()
 	l.throttled++
 	l.mu.Unlock()

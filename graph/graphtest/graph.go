@@ -137,11 +137,19 @@ func (s *Server) serveGraph(w http.ResponseWriter, r *http.Request, version, res
 	default:
 		call.Operation = OpOther
 	}
+	n := s.inFlight.Add(1)
+	defer s.inFlight.Add(-1)
+	for was := s.peakInFlight.Load(); n > was && !s.peakInFlight.CompareAndSwap(was, n); was = s.peakInFlight.Load() {
+	}
 	s.delay(r)
 	call.TokenValid = s.tokenValid(r)
 	call.Status = s.answer(w, r, &call)
 	s.record(call)
 }
+
+// PeakInFlight is the most Graph calls (not token requests) the server was answering at
+// once.
+func (s *Server) PeakInFlight() int { return int(s.peakInFlight.Load()) }
 
 // delay sleeps for the configured latency, or until the client goes away.
 func (s *Server) delay(r *http.Request) {

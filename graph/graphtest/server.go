@@ -106,6 +106,7 @@ type Server struct {
 	issued atomic.Int64
 
 	latencyMin, latencyMax atomic.Int64
+	inFlight, peakInFlight atomic.Int64 // Graph calls being answered, and the most at once
 	unknownRate            atomicFloat
 	throttleRate           atomicFloat
 	unavailableRate        atomicFloat
