@@ -176,7 +176,7 @@ func (a *Adaptive) Succeeded(took time.Duration) {
 	elapsed := now.Sub(a.windowFrom)
 	window := time.Second
 	if a.slowStart {
-		window = slowStartWindow
+		window = max(slowStartWindow, a.latency) // double once per round trip at most, as TCP does
 	}
 	if elapsed < window {
 		a.mu.Unlock()

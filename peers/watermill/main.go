@@ -69,6 +69,7 @@ func run() error {
 	natsOpts := []nats.Option{nats.Name("watermill-peer")}
 	js := wmnats.JetStreamConfig{
 		AutoProvision: false, // the streams are there: the bench made them
+		AckAsync:      true,  // as the worker: the ack is not awaited (a lost one is a redelivery)
 		DurablePrefix: "watermill-peer",
 		SubscribeOptions: []nats.SubOpt{
 			nats.DeliverAll(), nats.AckExplicit(), nats.MaxAckPending(4 * concurrency),
