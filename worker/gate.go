@@ -63,10 +63,19 @@ func (g *Gate) Cut(rate float64) {
 	}
 }
 
-// throttled closes the gate until t for a Retry-After this process was given, and shares it.
-func (g *Gate) throttled(t time.Time) {
+// MinSharedPause is the shortest Retry-After shared with the other replicas. A shorter one
+// (a token bucket's "next token in 50 ms") says more about the caller than about the
+// deployment: shared, it makes every replica resume at the same instant, their calls then
+// arrive together and meet the next 429, and the replicas fall into step. Each replica
+// meets such a limit by itself, and the shared rate cut slows them all.
+const MinSharedPause = time.Second
+
+// throttled closes the gate for a Retry-After of d this process was given, and shares the
+// pause when d is MinSharedPause or more.
+func (g *Gate) throttled(d time.Duration) {
+	t := g.now().Add(d)
 	g.pauseUntil(t)
-	if s := g.share(); s != nil {
+	if s := g.share(); s != nil && d >= MinSharedPause {
 		s.SharePause(t)
 	}
 }

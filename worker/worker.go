@@ -99,7 +99,7 @@ func (w *Worker) feedback(resp Response, c classification, took time.Duration) {
 		}
 	}
 	if throttled && retryAfter {
-		w.gate.throttled(w.cfg.Now().Add(min(resp.RetryAfter, MaxPause)))
+		w.gate.throttled(min(resp.RetryAfter, MaxPause))
 	}
 }
 

@@ -348,11 +348,13 @@ func TestFeedbackAndSharedPauses(t *testing.T) {
 			defer mu.Unlock()
 			calls++
 			switch calls {
-			case 1:
+			case 1: // too short to share: the other replicas meet such a limit by themselves
 				return Response{Status: 429, HasRetryAfter: true, RetryAfter: 50 * time.Millisecond}, nil
 			case 2:
-				return Response{Status: 503}, nil
+				return Response{Status: 429, HasRetryAfter: true, RetryAfter: MinSharedPause}, nil
 			case 3:
+				return Response{Status: 503}, nil
+			case 4:
 				return Response{}, fmt.Errorf("dial: %w", ErrNetwork)
 			}
 			return Response{Status: 202}, nil
@@ -369,13 +371,13 @@ func TestFeedbackAndSharedPauses(t *testing.T) {
 	waitFor(t, "accepted", func() bool { return sk.kinds()[KindAccepted] == 1 })
 	lim.mu.Lock()
 	defer lim.mu.Unlock()
-	if lim.throttled != 2 || lim.succeeded != 1 {
-		t.Fatalf("limiter heard %d throttled and %d succeeded, want 2 and 1 (no answer is neither)", lim.throttled, lim.succeeded)
+	if lim.throttled != 3 || lim.succeeded != 1 {
+		t.Fatalf("limiter heard %d throttled and %d succeeded, want 3 and 1 (no answer is neither)", lim.throttled, lim.succeeded)
 	}
 	pauses.mu.Lock()
 	defer pauses.mu.Unlock()
 	if len(pauses.pauses) != 1 {
-		t.Fatalf("%d pauses shared, want 1 (only a Retry-After is shared)", len(pauses.pauses))
+		t.Fatalf("%d pauses shared, want 1 (only a Retry-After of MinSharedPause or more is shared)", len(pauses.pauses))
 	}
 	// A pause heard from another replica holds this one's calls.
 	gate.PauseUntil(time.Now().Add(time.Hour))
