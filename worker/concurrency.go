@@ -43,15 +43,19 @@ const (
 	limitFloor = 16
 	// limitEvery is how often the limit is recomputed from the latest estimate.
 	limitEvery = 100 * time.Millisecond
+	// initialBusy is the busy time assumed before the first is observed.
+	initialBusy = time.Second
 	// busySmoothing weighs each new busy time into the estimate.
 	busySmoothing = 1.0 / 16
 )
 
 func newInflightLimit(maxN int, rate func() float64, now func() time.Time, obs Observer, log *slog.Logger) *inflightLimit {
 	l := &inflightLimit{max: maxN, floor: min(limitFloor, maxN), rate: rate, now: now, obs: obs, log: log}
-	start := l.floor
-	if rate == nil {
-		start = maxN
+	start := maxN
+	if rate != nil {
+		// Until a request has been timed, assume a call takes a second: slow for Graph,
+		// so that a slow Graph is not held to the floor while the first calls are out.
+		start = l.target(rate(), initialBusy.Seconds())
 	}
 	l.cur.Store(int64(start))
 	l.logged = start

@@ -59,8 +59,8 @@ func TestInflightLimitFollowsObservations(t *testing.T) {
 	rate.Store(200.0)
 	gauge := &concurrencyGauge{}
 	l := newInflightLimit(2048, func() float64 { return rate.Load().(float64) }, clock.Now, gauge, slog.New(slog.DiscardHandler))
-	if l.value() != limitFloor || gauge.last != limitFloor {
-		t.Fatalf("starts at %d (gauge %d), want the floor %d", l.value(), gauge.last, limitFloor)
+	if l.value() != 400 || gauge.last != 400 {
+		t.Fatalf("starts at %d (gauge %d), want 400: 200/s x an assumed second x 2", l.value(), gauge.last)
 	}
 	for range 200 {
 		clock.Advance(limitEvery)
