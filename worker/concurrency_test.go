@@ -114,10 +114,7 @@ func TestLongRetryAfterHandsBackUncounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runWorker(t, w)
 
 	first := &fakeMsg{d: Delivery{Data: []byte(guid(1)), Stream: "S", StreamSeq: 1, NumDelivered: 1, Timestamp: clock.Now()}}
 	src.ch <- first

@@ -143,6 +143,17 @@ func (s *setup) send(payload string, delivered uint64) *fakeMsg {
 	return m
 }
 
+// runWorker runs w until the returned stop (or the test's end) cancels it, and waits for it.
+func runWorker(t *testing.T, w *Worker) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(ctx) }()
+	stop = sync.OnceFunc(func() { cancel(); <-done })
+	t.Cleanup(stop)
+	return stop
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	testsync.Poll(t, what, 10*time.Second, 5*time.Millisecond, cond)
@@ -363,10 +374,7 @@ func TestFeedbackAndSharedPauses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runWorker(t, w)
 	src.ch <- &fakeMsg{d: Delivery{Data: []byte(guid(1)), Stream: "S", StreamSeq: 1, NumDelivered: 1, Timestamp: time.Now()}}
 	waitFor(t, "accepted", func() bool { return sk.kinds()[KindAccepted] == 1 })
 	lim.mu.Lock()
@@ -512,10 +520,7 @@ func TestWakeEndsAHoldAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.requests.poll = time.Hour
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runWorker(t, w)
 
 	src.ch <- &fakeMsg{d: Delivery{Data: []byte(guid(1)), Stream: "S", StreamSeq: 1, NumDelivered: 1, Timestamp: time.Now()}}
 	waitFor(t, "the hold to be checked", func() bool { return holdChecks.Load() > 0 })
