@@ -24,6 +24,7 @@ import (
 	"github.com/reprocessor/reprocessor/graph"
 	"github.com/reprocessor/reprocessor/metrics"
 	"github.com/reprocessor/reprocessor/queue"
+	"github.com/reprocessor/reprocessor/ratelimit"
 	"github.com/reprocessor/reprocessor/version"
 	"github.com/reprocessor/reprocessor/worker"
 )
@@ -140,14 +141,20 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, getenv func(s
 	}
 	st.push(rc.Close) // after the worker has stopped: hands this replica's share to the others
 	g := graph.ForWorker(session.Client)
-	w, err := worker.New(cfg.Worker(log), worker.Deps{
+	wc := cfg.Worker(log)
+	if bound := ratelimit.MemoryBound(); bound < wc.Concurrency {
+		log.Info("concurrency bounded by the memory limit (GOMEMLIMIT)", "configured", wc.Concurrency, "bound", bound)
+		wc.Concurrency = bound
+	}
+	conc := ratelimit.NewConcurrency(ratelimit.ConcurrencyConfig{Max: wc.Concurrency, Rate: rc.rate(cfg), OnChange: m.Concurrency, Logger: log})
+	w, err := worker.New(wc, worker.Deps{
 		Source:      m.DecorateSource(q),
 		Graph:       g,
 		Events:      m.DecorateEvents(q),
 		DeadLetters: m.DecorateDeadLetters(q),
 		Limiter:     m.DecorateLimiter(rc.limiter),
 		Feedback:    rc.feedback(),
-		Rate:        rc.rate(cfg),
+		Concurrency: conc,
 		Gate:        rc.gate,
 		Observer:    m,
 		Checks:      q.Checks(),

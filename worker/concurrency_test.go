@@ -2,8 +2,6 @@ package worker
 
 import (
 	"context"
-	"log/slog"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,71 +18,6 @@ func newFakeClock() *fakeClock {
 
 func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
 func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
-
-// TestInflightLimitTable: the limit is rate × busy time × 2, within the floor and the most.
-func TestInflightLimitTable(t *testing.T) {
-	t.Parallel()
-	l := newInflightLimit(2048, func() float64 { return 0 }, time.Now, nopObserver{}, slog.New(slog.DiscardHandler))
-	for _, c := range []struct {
-		rate, busy float64
-		want       int
-	}{
-		{200, 0.2, 80},      // 100-300 ms at 200/s: 40 in flight, with headroom
-		{20, 0.05, 16},      // a slow rate, a fast Graph: the floor
-		{1000, 1, 2000},     // 1 s at 1000/s
-		{2000, 1, 2048},     // more than the most: the most
-		{20000, 0.0002, 16}, // zero latency: the floor, the rate bounds the calls
-		{0, 0.2, 2048},      // no rate known: the most
-	} {
-		if got := l.target(c.rate, c.busy); got != c.want {
-			t.Errorf("target(%g/s, %gs) = %d, want %d", c.rate, c.busy, got, c.want)
-		}
-	}
-}
-
-type concurrencyGauge struct {
-	nopObserver
-	mu   sync.Mutex
-	last int
-}
-
-func (g *concurrencyGauge) Concurrency(n int) { g.mu.Lock(); g.last = n; g.mu.Unlock() }
-
-// TestInflightLimitFollowsObservations: observed busy times move the limit, at most every
-// limitEvery, and each change reaches the Observer; without a rate the limit is the most.
-func TestInflightLimitFollowsObservations(t *testing.T) {
-	t.Parallel()
-	clock := newFakeClock()
-	var rate atomic.Value
-	rate.Store(200.0)
-	gauge := &concurrencyGauge{}
-	l := newInflightLimit(2048, func() float64 { return rate.Load().(float64) }, clock.Now, gauge, slog.New(slog.DiscardHandler))
-	if l.value() != 400 || gauge.last != 400 {
-		t.Fatalf("starts at %d (gauge %d), want 400: 200/s x an assumed second x 2", l.value(), gauge.last)
-	}
-	for range 200 {
-		clock.Advance(limitEvery)
-		l.observe(200 * time.Millisecond)
-	}
-	if got := l.value(); got != 80 || gauge.last != 80 {
-		t.Fatalf("limit %d (gauge %d) at 200/s and 200 ms, want 80", got, gauge.last)
-	}
-	rate.Store(1000.0)
-	l.observe(200 * time.Millisecond) // within limitEvery of the last update: not yet
-	if got := l.value(); got != 80 {
-		t.Fatalf("limit recomputed early: %d", got)
-	}
-	clock.Advance(limitEvery)
-	l.observe(200 * time.Millisecond)
-	if got := l.value(); got != 400 {
-		t.Fatalf("limit %d at 1000/s and 200 ms, want 400", got)
-	}
-	unlimited := newInflightLimit(64, nil, clock.Now, nopObserver{}, slog.New(slog.DiscardHandler))
-	unlimited.observe(time.Second)
-	if unlimited.value() != 64 {
-		t.Fatalf("without a rate the limit is %d, want 64", unlimited.value())
-	}
-}
 
 // TestLongRetryAfterHandsBackUncounted: a 429 with Retry-After 315 s, far longer than a
 // delivery may wait, pauses the process (and every replica) for 315 s and hands the

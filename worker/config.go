@@ -12,7 +12,7 @@ import (
 // Config tunes the worker. The zero value of each field means its default.
 type Config struct {
 	Source           string        // the CloudEvent source, "reprocessor/<instance>"
-	Concurrency      int           // the most messages worked at once; the limit follows rate × latency below it (concurrency.go); default 2048
+	Concurrency      int           // the most messages worked at once (Deps.Concurrency may hold fewer); default 2048
 	MaxDeliver       int           // deliveries before a retryable failure ends retries_exhausted; default 5
 	DeliveryBudget   time.Duration // time one delivery may spend retrying in process before it is nak'd; default 1m
 	Backoff          Backoff       // retry delays; default 1s doubling to 1m, full jitter
@@ -105,12 +105,12 @@ type Deps struct {
 	Graph       Graph
 	Events      EventPublisher
 	DeadLetters DeadLetterer
-	Limiter     Limiter        // nil: no rate limit
-	Feedback    RateFeedback   // optional: told every Graph answer (an adaptive limiter)
-	Rate        func() float64 // optional: the limiter's current calls per second, which sizes the concurrency; nil: unlimited, the concurrency is Config.Concurrency
-	Observer    Observer       // nil: nothing observed
-	Hold        func() error   // optional: while it returns an error, nothing is fetched (e.g. no Graph token yet)
-	Gate        *Gate          // optional: the process's throttle gate, shared with replica control; default a gate of its own
+	Limiter     Limiter          // nil: no rate limit
+	Feedback    RateFeedback     // optional: told every Graph answer (an adaptive limiter)
+	Concurrency ConcurrencyLimit // optional: how many requests at once, below Config.Concurrency; nil: always Config.Concurrency
+	Observer    Observer         // nil: nothing observed
+	Hold        func() error     // optional: while it returns an error, nothing is fetched (e.g. no Graph token yet)
+	Gate        *Gate            // optional: the process's throttle gate, shared with replica control; default a gate of its own
 
 	// State tracking, required when Config.Verify.Enabled.
 	Checks    Source         // the verify work queue

@@ -120,7 +120,7 @@ func (w *Worker) handle(ctx, work context.Context, m Message) {
 		accepted = w.settle(work, m, d, req, res, began) && res.kind == KindAccepted
 	}
 	if res.attempts > prev.attempts {
-		w.limit.observe(w.cfg.Now().Sub(began) - res.waited)
+		w.limit.Observe(w.cfg.Now().Sub(began) - res.waited)
 	}
 }
 

@@ -140,5 +140,14 @@ type Observer interface {
 	Throttled(on bool)                         // the process waits out a Retry-After
 	ThrottleWait(d time.Duration)              // time spent waiting one out
 	CircuitOpen(open bool)                     // the 403 circuit opened or closed
-	Concurrency(n int)                         // the requests that may be worked at once now
+}
+
+// ConcurrencyLimit sizes how many requests are worked at once, at most Config.Concurrency
+// (ratelimit.Concurrency sizes it from the rate and Graph's latency).
+type ConcurrencyLimit interface {
+	// Limit is how many requests may be worked at once now.
+	Limit() int
+	// Observe takes the busy time of a request that called Graph: its calls and the storing
+	// of what it produced, not its waits for the rate, a Retry-After, the circuit or a backoff.
+	Observe(busy time.Duration)
 }

@@ -111,7 +111,7 @@ func (w *Worker) allowed() (int, bool) {
 			return 0, false
 		}
 	}
-	return w.limit.value(), true
+	return w.limit.Limit(), true
 }
 
 // wake tells the fetch loop to look again at what it may fetch: a slot was freed, or a

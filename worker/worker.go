@@ -23,7 +23,7 @@ type Worker struct {
 	attempts attemptLog
 	beats    heartbeats
 
-	limit    *inflightLimit // how many requests may be worked at once
+	limit    ConcurrencyLimit // how many requests may be worked at once
 	requests *pump
 	checks   *pump          // nil when tracking is off
 	handlers sync.WaitGroup // messages being worked
@@ -66,13 +66,11 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 	if w.gate == nil {
 		w.gate = NewGate(cfg.Now, obs)
 	}
-	maxN := cfg.Concurrency
-	if byMemory := memoryBound(); byMemory < maxN {
-		cfg.Logger.Info("concurrency bounded by the memory limit (GOMEMLIMIT)", "configured", maxN, "bound", byMemory)
-		maxN = byMemory
+	w.limit = deps.Concurrency
+	if w.limit == nil {
+		w.limit = fixedConcurrency(cfg.Concurrency)
 	}
-	w.limit = newInflightLimit(maxN, deps.Rate, cfg.Now, obs, cfg.Logger)
-	w.requests = newPump("requests", deps.Source, maxN, w.limit.value, w.allowed, w.handle, true)
+	w.requests = newPump("requests", deps.Source, cfg.Concurrency, w.limit.Limit, w.allowed, w.handle, true)
 	if cfg.Verify.Enabled {
 		checks := cfg.Verify.Concurrency
 		w.checks = newPump("state checks", deps.Checks, checks, func() int { return checks }, w.allowedChecks, w.handleCheck, false)
@@ -173,4 +171,9 @@ func (nopObserver) InFlight(int)                    {}
 func (nopObserver) Throttled(bool)                  {}
 func (nopObserver) ThrottleWait(time.Duration)      {}
 func (nopObserver) CircuitOpen(bool)                {}
-func (nopObserver) Concurrency(int)                 {}
+
+// fixedConcurrency is the limit without a ConcurrencyLimit: always the configured one.
+type fixedConcurrency int
+
+func (f fixedConcurrency) Limit() int          { return int(f) }
+func (fixedConcurrency) Observe(time.Duration) {}

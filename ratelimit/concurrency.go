@@ -1,4 +1,4 @@
-package worker
+package ratelimit
 
 import (
 	"log/slog"
@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// inflightLimit sizes how many requests are worked at once from what Graph sustains. By
+// Concurrency sizes how many requests are worked at once from what Graph sustains. By
 // Little's law the calls in flight are the rate times the time each call holds its slot, so
 // the limit is the rate limiter's current rate times the observed busy time of a request
 // (its Graph calls and the storing of what it produced, not its waits for the rate
@@ -18,11 +18,12 @@ import (
 // maximum, which is then the limit. It is TCP's bandwidth-delay product, as BBR and
 // Netflix's concurrency-limits size a window: a slow Graph gets more calls in flight, a
 // fast one fewer, and the rate limiter, not the slot count, sets the pace.
-type inflightLimit struct {
+// It satisfies the worker's ConcurrencyLimit and is safe for concurrent use.
+type Concurrency struct {
 	max, floor int
 	rate       func() float64 // the limiter's calls per second; nil: unlimited
 	now        func() time.Time
-	obs        Observer
+	onChange   func(n int)
 	log        *slog.Logger
 
 	cur atomic.Int64
@@ -49,8 +50,29 @@ const (
 	busySmoothing = 1.0 / 16
 )
 
-func newInflightLimit(maxN int, rate func() float64, now func() time.Time, obs Observer, log *slog.Logger) *inflightLimit {
-	l := &inflightLimit{max: maxN, floor: min(limitFloor, maxN), rate: rate, now: now, obs: obs, log: log}
+// ConcurrencyConfig configures a Concurrency.
+type ConcurrencyConfig struct {
+	Max      int              // the most requests at once (REPROCESSOR_CONCURRENCY); at least 1
+	Rate     func() float64   // the rate limiter's current calls per second; nil: unlimited, the limit is Max
+	Now      func() time.Time // default time.Now
+	OnChange func(n int)      // optional: every new limit (for a gauge); must be quick
+	Logger   *slog.Logger     // optional: a line when the limit moves by more than a fifth
+}
+
+// NewConcurrency returns a Concurrency at its starting limit.
+func NewConcurrency(cfg ConcurrencyConfig) *Concurrency {
+	maxN := max(cfg.Max, 1)
+	l := &Concurrency{max: maxN, floor: min(limitFloor, maxN), rate: cfg.Rate, now: cfg.Now, onChange: cfg.OnChange, log: cfg.Logger}
+	if l.now == nil {
+		l.now = time.Now
+	}
+	if l.onChange == nil {
+		l.onChange = func(int) {}
+	}
+	if l.log == nil {
+		l.log = slog.New(slog.DiscardHandler)
+	}
+	rate := cfg.Rate
 	start := maxN
 	if rate != nil {
 		// Until a request has been timed, assume a call takes a second: slow for Graph,
@@ -59,15 +81,15 @@ func newInflightLimit(maxN int, rate func() float64, now func() time.Time, obs O
 	}
 	l.cur.Store(int64(start))
 	l.logged = start
-	obs.Concurrency(start)
+	l.onChange(start)
 	return l
 }
 
-// value is the current limit.
-func (l *inflightLimit) value() int { return int(l.cur.Load()) }
+// Limit is the current limit.
+func (l *Concurrency) Limit() int { return int(l.cur.Load()) }
 
-// observe takes the busy time of one request that called Graph.
-func (l *inflightLimit) observe(busy time.Duration) {
+// Observe takes the busy time of one request that called Graph.
+func (l *Concurrency) Observe(busy time.Duration) {
 	if l.rate == nil {
 		return
 	}
@@ -93,7 +115,7 @@ func (l *inflightLimit) observe(busy time.Duration) {
 	}
 	l.mu.Unlock()
 	if n != old {
-		l.obs.Concurrency(n)
+		l.onChange(n)
 	}
 	if logIt {
 		l.log.Info("concurrency changed", "from", from, "to", n, "rate", math.Round(l.rate()*100)/100, "busy_ms", math.Round(est*1e4)/10)
@@ -101,7 +123,7 @@ func (l *inflightLimit) observe(busy time.Duration) {
 }
 
 // target is the limit for rate calls per second at busy seconds each.
-func (l *inflightLimit) target(rate, busy float64) int {
+func (l *Concurrency) target(rate, busy float64) int {
 	if !(rate > 0) || math.IsInf(rate, 0) {
 		return l.max
 	}
@@ -116,10 +138,10 @@ func (l *inflightLimit) target(rate, busy float64) int {
 // its event and dead letter, a goroutine's stack, with room to spare.
 const perSlotMemory = 256 << 10
 
-// memoryBound is the most requests in flight the process's memory limit (GOMEMLIMIT, as
+// MemoryBound is the most requests in flight the process's memory limit (GOMEMLIMIT, as
 // Kubernetes users set it from the container's limit) leaves room for, with half the limit
 // kept for everything else; without a limit, no bound.
-func memoryBound() int {
+func MemoryBound() int {
 	limit := debug.SetMemoryLimit(-1)
 	if limit <= 0 || limit == math.MaxInt64 {
 		return math.MaxInt
