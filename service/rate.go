@@ -21,20 +21,9 @@ import (
 type rateControl struct {
 	gate     *worker.Gate
 	limiter  worker.Limiter // nil: unlimited
+	rate     func() float64 // the limiter's current rate, which sizes the worker's concurrency; nil: unlimited
 	adaptive *ratelimit.Adaptive
 	control  *queue.Control
-}
-
-// rate is the limiter's current rate, which sizes the worker's concurrency; nil when
-// unlimited.
-func (rc *rateControl) rate(cfg config.Config) func() float64 {
-	switch {
-	case rc.adaptive != nil:
-		return rc.adaptive.Rate
-	case cfg.Rate > 0:
-		return func() float64 { return cfg.Rate }
-	}
-	return nil
 }
 
 // feedback is what the worker tells of Graph's answers: the adaptive limiter, if any.
@@ -62,9 +51,10 @@ func startRateControl(cfg config.Config, nc *nats.Conn, m *metrics.Metrics, log 
 		if err != nil {
 			return nil, err
 		}
-		rc.limiter, rc.adaptive = a, a
+		rc.limiter, rc.adaptive, rc.rate = a, a, a.Rate
 	case cfg.Rate > 0:
-		rc.limiter = ratelimit.Fixed(cfg.Rate)
+		fixed := cfg.Rate
+		rc.limiter, rc.rate = ratelimit.Fixed(fixed), func() float64 { return fixed }
 		m.SetRateLimit(cfg.Rate)
 	default:
 		m.SetRateLimit(0)

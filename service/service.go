@@ -146,7 +146,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, getenv func(s
 		log.Info("concurrency bounded by the memory limit (GOMEMLIMIT)", "configured", wc.Concurrency, "bound", bound)
 		wc.Concurrency = bound
 	}
-	conc := ratelimit.NewConcurrency(ratelimit.ConcurrencyConfig{Max: wc.Concurrency, Rate: rc.rate(cfg), OnChange: m.Concurrency, Logger: log})
+	conc := ratelimit.NewConcurrency(ratelimit.ConcurrencyConfig{Max: wc.Concurrency, Rate: rc.rate, OnChange: m.Concurrency, Logger: log})
 	w, err := worker.New(wc, worker.Deps{
 		Source:      m.DecorateSource(q),
 		Graph:       g,
