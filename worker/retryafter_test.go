@@ -87,7 +87,11 @@ func TestLongRetryAfterHandsBackUncounted(t *testing.T) {
 	if k := sk.kinds(); len(k) != 0 {
 		t.Fatalf("events after the second delivery: %v", k)
 	}
-	// The third meets a 500 too: two deliveries that failed, the most: failed.
+	// The third meets a 500 too: two deliveries that failed, the most: failed. It is sent
+	// once the second is done with: a delivery arriving while the same process still works
+	// the message is left to that work (the coalescer), and this fake source never
+	// redelivers it.
+	waitFor(t, "the second delivery done with", func() bool { return w.requests.inflight.Load() == 0 })
 	third := again(3)
 	src.ch <- third
 	waitFor(t, "failed on the third delivery", func() bool { return sk.kinds()[KindFailed] == 1 })
