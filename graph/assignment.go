@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/reprocessor/reprocessor/worker"
 )
@@ -34,6 +35,11 @@ type Assignment struct {
 	ID     string
 	State  string // in v1.0's camelCase ("delivered") whatever the API version; unknown values as sent
 	Status string // free text
+	// Read with $expand (v1.0): the target, the access package's id, and when the
+	// assignment's schedule starts (zero when not answered).
+	Target          Target
+	AccessPackageID string
+	StartDateTime   time.Time
 }
 
 // wireAssignment holds both versions' property names.
@@ -43,11 +49,34 @@ type wireAssignment struct {
 	Status           string `json:"status"`
 	AssignmentState  string `json:"assignmentState"`
 	AssignmentStatus string `json:"assignmentStatus"`
+	Schedule         *struct {
+		StartDateTime string `json:"startDateTime"`
+	} `json:"schedule"`
+	Target *struct {
+		ObjectID      string `json:"objectId"`
+		PrincipalName string `json:"principalName"`
+		DisplayName   string `json:"displayName"`
+		SubjectType   string `json:"subjectType"`
+	} `json:"target"`
+	AccessPackage *struct {
+		ID string `json:"id"`
+	} `json:"accessPackage"`
 }
 
 func (w wireAssignment) assignment(beta bool) Assignment {
 	if !beta {
-		return Assignment{ID: w.ID, State: canonicalState(w.State), Status: w.Status}
+		a := Assignment{ID: w.ID, State: canonicalState(w.State), Status: w.Status}
+		if w.Schedule != nil {
+			a.StartDateTime = parseTime(w.Schedule.StartDateTime)
+		}
+		if w.Target != nil {
+			a.Target = Target{ObjectID: strings.ToLower(w.Target.ObjectID), PrincipalName: w.Target.PrincipalName,
+				DisplayName: w.Target.DisplayName, SubjectType: w.Target.SubjectType}
+		}
+		if w.AccessPackage != nil {
+			a.AccessPackageID = strings.ToLower(w.AccessPackage.ID)
+		}
+		return a
 	}
 	return Assignment{ID: w.ID, State: canonicalState(w.AssignmentState), Status: w.AssignmentStatus}
 }

@@ -258,6 +258,24 @@ func (c *Client) GetAssignment(ctx context.Context, id string) (Assignment, Resu
 	return a, res, nil
 }
 
+// GetAssignmentDetail reads the assignment id with its target and its access package's id
+// ($expand=target,accessPackage($select=id)): what resource verification needs. v1.0 only.
+func (c *Client) GetAssignmentDetail(ctx context.Context, id string) (Assignment, Result, error) {
+	if !ValidID(id) {
+		return Assignment{}, Result{}, fmt.Errorf("get assignment: %w: %q", ErrInvalidID, truncate(id, 64))
+	}
+	u := c.base.String() + collectionPath(V1) + "/" + strings.ToLower(id) + "?$expand=" + queryEscape("target,accessPackage($select=id)")
+	body, res, err := c.do(ctx, OpGetAssignment, http.MethodGet, u)
+	if err != nil || res.Status != http.StatusOK {
+		return Assignment{}, res, wrapErr("get assignment", id, err)
+	}
+	a, err := decodeAssignment(body, false)
+	if err == nil && !strings.EqualFold(a.ID, id) {
+		err = fmt.Errorf("%w: the answer is about assignment %q", ErrDecode, truncate(a.ID, 64))
+	}
+	return a, res, wrapErr("get assignment", id, err)
+}
+
 // ListQuery selects assignments to list.
 type ListQuery struct {
 	// Filter is an OData $filter expression added as is (and-ed with the others).
@@ -269,6 +287,8 @@ type ListQuery struct {
 	AccessPackageID string
 	// Top is the page size asked for ($top), 0 for Graph's default; at most 999.
 	Top int
+	// ExpandTarget asks for each assignment's target ($expand=target) and reads its schedule.
+	ExpandTarget bool
 	// NextLink, when set, is the @odata.nextLink of the previous page, fetched as is; the
 	// other fields are ignored. It must point at the client's BaseURL scheme and host.
 	NextLink string
@@ -297,14 +317,7 @@ func (c *Client) ListAssignments(ctx context.Context, q ListQuery) (Page, Result
 
 func (c *Client) listURL(q ListQuery) (string, error) {
 	if q.NextLink != "" {
-		u, err := url.Parse(q.NextLink)
-		if err != nil {
-			return "", fmt.Errorf("%w: next link: %w", ErrInvalidQuery, err)
-		}
-		if u.Scheme != c.base.Scheme || !strings.EqualFold(u.Host, c.base.Host) || u.User != nil {
-			return "", fmt.Errorf("%w: next link does not point at %s://%s", ErrInvalidQuery, c.base.Scheme, c.base.Host)
-		}
-		return q.NextLink, nil
+		return c.checkNextLink(q.NextLink)
 	}
 	var filters []string
 	if q.Filter != "" {
@@ -330,6 +343,9 @@ func (c *Client) listURL(q ListQuery) (string, error) {
 	if len(filters) > 0 {
 		params = append(params, "$filter="+queryEscape(strings.Join(filters, " and ")))
 	}
+	if q.ExpandTarget {
+		params = append(params, "$expand=target")
+	}
 	if q.Top > 0 {
 		params = append(params, "$top="+strconv.Itoa(q.Top))
 	}
@@ -337,6 +353,19 @@ func (c *Client) listURL(q ListQuery) (string, error) {
 		return c.collection, nil
 	}
 	return c.collection + "?" + strings.Join(params, "&"), nil
+}
+
+// checkNextLink returns an @odata.nextLink to fetch as is, once it is known to point at
+// the client's Graph (scheme and host): the bearer token goes nowhere else.
+func (c *Client) checkNextLink(link string) (string, error) {
+	u, err := url.Parse(link)
+	if err != nil {
+		return "", fmt.Errorf("%w: next link: %w", ErrInvalidQuery, err)
+	}
+	if u.Scheme != c.base.Scheme || !strings.EqualFold(u.Host, c.base.Host) || u.User != nil {
+		return "", fmt.Errorf("%w: next link does not point at %s://%s", ErrInvalidQuery, c.base.Scheme, c.base.Host)
+	}
+	return link, nil
 }
 
 // odataString quotes s as an OData string literal: single quotes, doubled inside.
@@ -407,7 +436,7 @@ func bodyLimit(op string, status int) int64 {
 		return maxBody // an error body: code and message
 	case op == OpReprocess:
 		return 0
-	case op == OpListAssignments:
+	case strings.HasPrefix(op, "list_"):
 		return maxPageBody
 	}
 	return maxBody

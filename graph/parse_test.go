@@ -150,17 +150,17 @@ func TestDecodeAssignment(t *testing.T) {
 		beta bool
 		want Assignment
 	}{
-		{`{"id":"a","state":"delivered","status":"Delivered"}`, false, Assignment{"a", "delivered", "Delivered"}},
-		{`{"id":"a","state":"somethingNew","status":"x"}`, false, Assignment{"a", "somethingNew", "x"}},
-		{`{"id":"a","assignmentState":"Delivered","assignmentStatus":"Delivered"}`, true, Assignment{"a", "delivered", "Delivered"}},
-		{`{"id":"a","assignmentState":"PartiallyDelivered"}`, true, Assignment{"a", "partiallyDelivered", ""}},
-		{`{"id":"a","assignmentState":"DeliveryFailed"}`, true, Assignment{"a", "deliveryFailed", ""}},
-		{`{"id":"a","assignmentState":"Delivering"}`, true, Assignment{"a", "delivering", ""}},
-		{`{"id":"a","assignmentState":"Expired"}`, true, Assignment{"a", "expired", ""}},
-		{`{"id":"a","assignmentState":"BrandNew"}`, true, Assignment{"a", "BrandNew", ""}},
-		{`{"id":"a","state":"Delivered"}`, false, Assignment{"a", "delivered", ""}},
-		{`{"id":"a","assignmentState":"deliveryfailed"}`, true, Assignment{"a", "deliveryFailed", ""}},
-		{`{"id":"a","state":"UNKNOWNFUTUREVALUE"}`, false, Assignment{"a", "unknownFutureValue", ""}},
+		{`{"id":"a","state":"delivered","status":"Delivered"}`, false, Assignment{ID: "a", State: "delivered", Status: "Delivered"}},
+		{`{"id":"a","state":"somethingNew","status":"x"}`, false, Assignment{ID: "a", State: "somethingNew", Status: "x"}},
+		{`{"id":"a","assignmentState":"Delivered","assignmentStatus":"Delivered"}`, true, Assignment{ID: "a", State: "delivered", Status: "Delivered"}},
+		{`{"id":"a","assignmentState":"PartiallyDelivered"}`, true, Assignment{ID: "a", State: "partiallyDelivered", Status: ""}},
+		{`{"id":"a","assignmentState":"DeliveryFailed"}`, true, Assignment{ID: "a", State: "deliveryFailed", Status: ""}},
+		{`{"id":"a","assignmentState":"Delivering"}`, true, Assignment{ID: "a", State: "delivering", Status: ""}},
+		{`{"id":"a","assignmentState":"Expired"}`, true, Assignment{ID: "a", State: "expired", Status: ""}},
+		{`{"id":"a","assignmentState":"BrandNew"}`, true, Assignment{ID: "a", State: "BrandNew", Status: ""}},
+		{`{"id":"a","state":"Delivered"}`, false, Assignment{ID: "a", State: "delivered", Status: ""}},
+		{`{"id":"a","assignmentState":"deliveryfailed"}`, true, Assignment{ID: "a", State: "deliveryFailed", Status: ""}},
+		{`{"id":"a","state":"UNKNOWNFUTUREVALUE"}`, false, Assignment{ID: "a", State: "unknownFutureValue", Status: ""}},
 	}
 	for _, tt := range tests {
 		got, err := decodeAssignment([]byte(tt.body), tt.beta)

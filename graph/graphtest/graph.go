@@ -27,6 +27,10 @@ type Assignment struct {
 	AccessPackageID string
 	State           string // v1.0 camelCase, e.g. "delivered"; beta answers it in PascalCase
 	Status          string // free text, e.g. "Delivered"
+	// The target (accessPackageSubject) and schedule, answered with $expand=target (v1.0).
+	TargetID      string    // the target's objectId: a user or service principal
+	PrincipalName string    // the target's principalName
+	StartDateTime time.Time // schedule.startDateTime; zero: not answered
 }
 
 // AddAssignments stores assignments (replacing any with the same id); they are listable.
@@ -37,6 +41,7 @@ func (s *Server) AddAssignments(as ...Assignment) {
 	for _, a := range as {
 		a.ID = strings.ToLower(a.ID)
 		a.AccessPackageID = strings.ToLower(a.AccessPackageID)
+		a.TargetID = strings.ToLower(a.TargetID)
 		if a.State == "" {
 			a.State = "delivered"
 		}
@@ -45,6 +50,9 @@ func (s *Server) AddAssignments(as ...Assignment) {
 		}
 		if _, ok := s.store[a.ID]; !ok {
 			s.order = append(s.order, a.ID)
+			if a.AccessPackageID != "" {
+				s.byPackage[a.AccessPackageID] = append(s.byPackage[a.AccessPackageID], a.ID)
+			}
 		}
 		s.store[a.ID] = &a
 	}
@@ -102,6 +110,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(p, betaCollection):
 		s.serveGraph(w, r, "beta", strings.TrimPrefix(p, betaCollection))
 		return
+	case strings.HasPrefix(p, "/v1.0/"):
+		if op, id, sub := tenantRoute(r.Method, p); op != "" {
+			s.serveTenant(w, r, op, id, sub)
+			return
+		}
 	case p == "/common/discovery/instance":
 		s.serveInstanceDiscovery(w, r)
 		return
@@ -180,41 +193,11 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, c *Call) int {
 	if c.Operation == OpOther {
 		return s.graphError(w, r, http.StatusBadRequest, "BadRequest", "Unsupported request: "+r.Method+" "+r.URL.Path, c.RequestID)
 	}
-	if !c.TokenValid {
-		h.Set("WWW-Authenticate", `Bearer realm="", authorization_uri="`+s.URL+`/common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000"`)
-		return s.graphError(w, r, http.StatusUnauthorized, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.", c.RequestID)
-	}
-	if lim := s.limiter.Load(); lim != nil {
-		now := time.Now()
-		res := lim.ReserveN(now, 1)
-		if d := res.DelayFrom(now); !res.OK() || d > 0 {
-			res.CancelAt(now)
-			h.Set("Retry-After", strconv.FormatFloat(max(d.Seconds(), 0.001), 'f', 3, 64))
-			return s.graphError(w, r, http.StatusTooManyRequests, "TooManyRequests", "Too many requests.", c.RequestID)
-		}
-	}
-	if take(&s.throttle429) {
-		if ra := s.throttleRetryAfter.Load(); ra != nil && *ra != "" {
-			h.Set("Retry-After", *ra)
-		}
-		return s.graphError(w, r, http.StatusTooManyRequests, "TooManyRequests", "Too many requests.", c.RequestID)
-	}
-	if take(&s.forbid) {
-		return s.graphError(w, r, http.StatusForbidden, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.", c.RequestID)
+	if status, done := s.commonFaults(w, r, c); done {
+		return status
 	}
 	if c.Operation == OpReprocess && take(&s.storm503) {
 		return s.graphError(w, r, http.StatusServiceUnavailable, "ServiceUnavailable", "The service is temporarily unavailable.", c.RequestID)
-	}
-	if t, u := s.throttleRate.Load(), s.unavailableRate.Load(); t > 0 || u > 0 {
-		x := rand.Float64()
-		switch {
-		case x < t:
-			h.Set("Retry-After", *s.randomRetryAfter.Load())
-			return s.graphError(w, r, http.StatusTooManyRequests, "TooManyRequests", "Too many requests.", c.RequestID)
-		case x < t+u:
-			h.Set("Retry-After", *s.randomRetryAfter.Load())
-			return s.graphError(w, r, http.StatusServiceUnavailable, "ServiceUnavailable", "The service is temporarily unavailable.", c.RequestID)
-		}
 	}
 	if c.Operation == OpListAssignments {
 		return s.list(w, r, c)
@@ -234,12 +217,69 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, c *Call) int {
 		return s.graphError(w, r, http.StatusNotFound, "ResourceNotFound", "The assignment '"+c.AssignmentID+"' was not found.", c.RequestID)
 	}
 	if c.Operation == OpReprocess {
-		s.reprocessed(c.AssignmentID, s.now())
+		now := s.now()
+		s.reprocessed(c.AssignmentID, now)
+		s.restoreAfterReprocess(c.AssignmentID, now)
 		w.WriteHeader(http.StatusAccepted)
 		return http.StatusAccepted
 	}
-	writeJSON(w, http.StatusOK, assignmentJSON(a, c.APIVersion, s.URL))
+	writeJSON(w, http.StatusOK, assignmentJSON(a, c.APIVersion, s.URL, expandsTarget(r)))
 	return http.StatusOK
+}
+
+// expandsTarget reports whether the call asks for $expand=target.
+func expandsTarget(r *http.Request) bool {
+	for _, e := range strings.Split(r.URL.Query().Get("$expand"), ",") {
+		if name, _, _ := strings.Cut(strings.TrimSpace(e), "("); name == "target" {
+			return true
+		}
+	}
+	return false
+}
+
+// commonFaults answers a Graph call with the faults configured for every call (a bad
+// token, the rate limit, 429s, 403s, random faults) and reports whether it did.
+func (s *Server) commonFaults(w http.ResponseWriter, r *http.Request, c *Call) (int, bool) {
+	h := w.Header()
+	h.Set("request-id", c.RequestID)
+	if c.ClientRequestID != "" {
+		h.Set("client-request-id", c.ClientRequestID)
+	}
+	h.Set("x-ms-ags-diagnostic", diagnostic)
+	if !c.TokenValid {
+		h.Set("WWW-Authenticate", `Bearer realm="", authorization_uri="`+s.URL+`/common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000"`)
+		return s.graphError(w, r, http.StatusUnauthorized, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.", c.RequestID), true
+	}
+	if lim := s.limiter.Load(); lim != nil {
+		now := time.Now()
+		res := lim.ReserveN(now, 1)
+		if d := res.DelayFrom(now); !res.OK() || d > 0 {
+			res.CancelAt(now)
+			h.Set("Retry-After", strconv.FormatFloat(max(d.Seconds(), 0.001), 'f', 3, 64))
+			return s.graphError(w, r, http.StatusTooManyRequests, "TooManyRequests", "Too many requests.", c.RequestID), true
+		}
+	}
+	if take(&s.throttle429) {
+		if ra := s.throttleRetryAfter.Load(); ra != nil && *ra != "" {
+			h.Set("Retry-After", *ra)
+		}
+		return s.graphError(w, r, http.StatusTooManyRequests, "TooManyRequests", "Too many requests.", c.RequestID), true
+	}
+	if take(&s.forbid) {
+		return s.graphError(w, r, http.StatusForbidden, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.", c.RequestID), true
+	}
+	if t, u := s.throttleRate.Load(), s.unavailableRate.Load(); t > 0 || u > 0 {
+		x := rand.Float64()
+		switch {
+		case x < t:
+			h.Set("Retry-After", *s.randomRetryAfter.Load())
+			return s.graphError(w, r, http.StatusTooManyRequests, "TooManyRequests", "Too many requests.", c.RequestID), true
+		case x < t+u:
+			h.Set("Retry-After", *s.randomRetryAfter.Load())
+			return s.graphError(w, r, http.StatusServiceUnavailable, "ServiceUnavailable", "The service is temporarily unavailable.", c.RequestID), true
+		}
+	}
+	return 0, false
 }
 
 func (s *Server) answerFor(id string) int {
@@ -285,7 +325,7 @@ func (s *Server) graphError(w http.ResponseWriter, r *http.Request, status int, 
 	return status
 }
 
-func assignmentJSON(a Assignment, version, base string) map[string]any {
+func assignmentJSON(a Assignment, version, base string, target bool) map[string]any {
 	if version == "beta" {
 		return map[string]any{
 			"@odata.context":   base + "/beta/$metadata#identityGovernance/entitlementManagement/accessPackageAssignments/$entity",
@@ -295,12 +335,24 @@ func assignmentJSON(a Assignment, version, base string) map[string]any {
 			"assignmentStatus": a.Status,
 		}
 	}
-	return map[string]any{
+	m := map[string]any{
 		"@odata.context": base + "/v1.0/$metadata#identityGovernance/entitlementManagement/assignments/$entity",
 		"id":             a.ID,
 		"state":          a.State,
 		"status":         a.Status,
 	}
+	if !a.StartDateTime.IsZero() {
+		m["schedule"] = map[string]any{"startDateTime": a.StartDateTime.UTC().Format(time.RFC3339), "expiration": map[string]any{"type": "noExpiration"}}
+	}
+	if target {
+		if a.TargetID == "" {
+			m["target"] = nil
+		} else {
+			m["target"] = map[string]any{"id": stableID(a.TargetID, "subject", 0), "objectId": a.TargetID,
+				"principalName": a.PrincipalName, "displayName": a.PrincipalName, "subjectType": "user", "subjectLifecycle": "governed"}
+		}
+	}
+	return m
 }
 
 // pascal upper-cases the first letter: beta's form of a v1.0 state.
@@ -316,7 +368,7 @@ func pascal(s string) string {
 // accessPackageId; "and"), $top, and pages through $skiptoken.
 func (s *Server) list(w http.ResponseWriter, r *http.Request, c *Call) int {
 	q := r.URL.Query()
-	match, err := parseFilter(q.Get("$filter"))
+	match, pkg, err := parseFilter(q.Get("$filter"))
 	if err != nil {
 		return s.graphError(w, r, http.StatusBadRequest, "BadRequest", "Invalid filter clause: "+err.Error(), c.RequestID)
 	}
@@ -338,7 +390,11 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, c *Call) int {
 	}
 	s.storeMu.RLock()
 	var matched []Assignment
-	for _, id := range s.order {
+	ids := s.order
+	if pkg != "" {
+		ids = s.byPackage[strings.ToLower(pkg)]
+	}
+	for _, id := range ids {
 		if a := *s.store[id]; match(a) {
 			matched = append(matched, a)
 		}
@@ -347,7 +403,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, c *Call) int {
 	page := matched[min(skip, len(matched)):min(skip+size, len(matched))]
 	values := make([]map[string]any, len(page))
 	for i, a := range page {
-		values[i] = assignmentJSON(a, c.APIVersion, s.URL)
+		values[i] = assignmentJSON(a, c.APIVersion, s.URL, expandsTarget(r))
 		delete(values[i], "@odata.context")
 	}
 	body := map[string]any{"value": values}
@@ -365,7 +421,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, c *Call) int {
 
 // parseFilter understands clauses "field eq 'literal'" joined by "and", each optionally in
 // parentheses.
-func parseFilter(f string) (func(Assignment) bool, error) {
+func parseFilter(f string) (match func(Assignment) bool, pkg string, err error) {
 	type clause struct{ field, value string }
 	var clauses []clause
 	f = strings.TrimSpace(f)
@@ -373,7 +429,7 @@ func parseFilter(f string) (func(Assignment) bool, error) {
 		f = strings.TrimSpace(strings.TrimLeft(f, "( "))
 		field, rest, ok := strings.Cut(f, " eq '")
 		if !ok {
-			return nil, errBadFilter
+			return nil, "", errBadFilter
 		}
 		// Read the literal: '' is a quote inside it.
 		var value strings.Builder
@@ -390,7 +446,7 @@ func parseFilter(f string) (func(Assignment) bool, error) {
 			value.WriteByte(rest[i])
 		}
 		if i >= len(rest) {
-			return nil, errBadFilter
+			return nil, "", errBadFilter
 		}
 		clauses = append(clauses, clause{strings.TrimSpace(field), value.String()})
 		f = strings.TrimSpace(strings.TrimLeft(rest[i+1:], ") "))
@@ -399,15 +455,20 @@ func parseFilter(f string) (func(Assignment) bool, error) {
 		}
 		after, ok := strings.CutPrefix(f, "and ")
 		if !ok {
-			return nil, errBadFilter
+			return nil, "", errBadFilter
 		}
 		f = after
 	}
 	for _, c := range clauses {
 		switch c.field {
-		case "state", "assignmentState", "accessPackage/id", "accessPackageId":
+		case "accessPackage/id", "accessPackageId":
+			if pkg != "" && !strings.EqualFold(pkg, c.value) {
+				return func(Assignment) bool { return false }, "", nil
+			}
+			pkg = c.value
+		case "state", "assignmentState":
 		default:
-			return nil, errBadFilter
+			return nil, "", errBadFilter
 		}
 	}
 	return func(a Assignment) bool {
@@ -428,7 +489,7 @@ func parseFilter(f string) (func(Assignment) bool, error) {
 			}
 		}
 		return true
-	}, nil
+	}, pkg, nil
 }
 
 type filterError string

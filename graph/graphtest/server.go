@@ -127,8 +127,11 @@ type Server struct {
 	life lifecycles
 
 	storeMu sync.RWMutex
-	store   map[string]*Assignment
-	order   []string
+	store     map[string]*Assignment
+	order     []string
+	byPackage map[string][]string // access package id -> its assignments' ids, in order
+
+	tenant tenant
 
 	callsMu sync.Mutex
 	calls   []Call
@@ -188,6 +191,7 @@ func Start(opts Options) (*Server, error) {
 		maxCalls:     cmp.Or(max(opts.MaxRecordedCalls, 0), 100_000),
 		answers:      map[string]int{},
 		store:        map[string]*Assignment{},
+		byPackage:    map[string][]string{},
 	}
 	if s.now == nil {
 		s.now = time.Now
