@@ -24,11 +24,12 @@ type EnqueueConfig struct {
 	RunID       string
 	RequestedBy string
 	Reason      string
-	Window      int     // publishes awaiting acknowledgement at once; default DefaultWindow
-	Rate        float64 // publishes per second; 0 unlimited
-	DryRun      bool    // read and count; publish nothing (Open is not called)
-	Track       bool    // keep a row per id, for Follow and the report
-	WaitSettled bool    // with Track: an accepted id is done once its state settles
+	ReasonFor   func(idlist.ID) string // optional: the reason of one id, instead of Reason
+	Window      int                    // publishes awaiting acknowledgement at once; default DefaultWindow
+	Rate        float64                // publishes per second; 0 unlimited
+	DryRun      bool                   // read and count; publish nothing (Open is not called)
+	Track       bool                   // keep a row per id, for Follow and the report
+	WaitSettled bool                   // with Track: an accepted id is done once its state settles
 	Logger      *slog.Logger
 	// OnInvalid, if set, is called with each invalid entry as it is read.
 	OnInvalid func(idlist.Entry)
@@ -89,7 +90,7 @@ func (e *Enqueue) Open(ctx context.Context, js jetstream.JetStream) error {
 	e.prior = prior
 	reqSubject, _, _ := qc.Subjects()
 	e.pub, err = NewPublisher(js, PublisherConfig{
-		Subject: reqSubject, RunID: e.cfg.RunID, RequestedBy: e.cfg.RequestedBy, Reason: e.cfg.Reason,
+		Subject: reqSubject, RunID: e.cfg.RunID, RequestedBy: e.cfg.RequestedBy, Reason: e.cfg.Reason, ReasonFor: e.cfg.ReasonFor,
 		Runs: e.cfg.Runs, Window: e.cfg.Window, Rate: e.cfg.Rate,
 	})
 	return err

@@ -30,9 +30,12 @@ type Row struct {
 	HTTPStatus     int
 	GraphRequestID string
 	Attempts       int
-	State          string // the last state seen in a state_changed event
-	Settled        bool   // a state_changed event said the state is settled
-	SettledKnown   bool   // a state_changed event carried "settled"
+	State          string   // the last state seen in a state_changed event
+	Settled        bool     // a state_changed event said the state is settled
+	SettledKnown   bool     // a state_changed event carried "settled"
+	Restored       bool     // resource verification: every resource role is held
+	RestoredKnown  bool     // a state_changed event carried "restored"
+	Missing        []string // resource verification: the resource roles still absent
 	RequestedAt    time.Time
 	CompletedAt    time.Time
 	StateAt        time.Time
@@ -105,7 +108,13 @@ func (t *Tracker) Observe(e *worker.Event) {
 		}
 		// The history of a request ends with an event marked final: settled, or given up
 		// at the tracking deadline (settled false). Earlier events are intermediate.
-		if (e.Data.Final || (e.Data.Settled != nil && *e.Data.Settled)) && r.Outcome == worker.KindAccepted && !r.SettledKnown {
+		if e.Data.Restored != nil {
+			r.Restored, r.RestoredKnown, r.Missing = *e.Data.Restored, true, e.Data.Missing
+		}
+		// A delivered state whose resources are still being checked (restored false, not
+		// final) is intermediate too.
+		intermediate := !e.Data.Final && e.Data.Restored != nil && !*e.Data.Restored
+		if (e.Data.Final || (e.Data.Settled != nil && *e.Data.Settled && !intermediate)) && r.Outcome == worker.KindAccepted && !r.SettledKnown {
 			r.Settled, r.SettledKnown = e.Data.Settled != nil && *e.Data.Settled, true
 			if t.waitSettled {
 				t.done()

@@ -22,14 +22,15 @@ const DefaultWindow = 4096
 
 // PublisherConfig configures a Publisher.
 type PublisherConfig struct {
-	Subject     string          // the requests subject
-	RunID       string          // set as correlationId and in every Nats-Msg-Id
-	RequestedBy string          // optional, sent in the payload
-	Reason      string          // optional, sent in the payload
-	Runs        RunsConfig      // where acknowledged ids are recorded
-	Window      int             // publishes awaiting acknowledgement; default DefaultWindow
-	Rate        float64         // publishes per second; 0 is unlimited
-	OnAcked     func(idlist.ID) // called for every acknowledged id, from one goroutine
+	Subject     string                 // the requests subject
+	RunID       string                 // set as correlationId and in every Nats-Msg-Id
+	RequestedBy string                 // optional, sent in the payload
+	Reason      string                 // optional, sent in the payload
+	ReasonFor   func(idlist.ID) string // optional: the reason of one id, instead of Reason
+	Runs        RunsConfig             // where acknowledged ids are recorded
+	Window      int                    // publishes awaiting acknowledgement; default DefaultWindow
+	Rate        float64                // publishes per second; 0 is unlimited
+	OnAcked     func(idlist.ID)        // called for every acknowledged id, from one goroutine
 }
 
 // Publisher publishes request messages of one run with asynchronous acknowledgements. Each
@@ -106,7 +107,11 @@ func (p *Publisher) Publish(ctx context.Context, id idlist.ID) error {
 	default:
 	}
 	s := id.String()
-	data, err := json.Marshal(request{ID: s, CorrelationID: p.cfg.RunID, RequestedBy: p.cfg.RequestedBy, Reason: p.cfg.Reason})
+	reason := p.cfg.Reason
+	if p.cfg.ReasonFor != nil {
+		reason = p.cfg.ReasonFor(id)
+	}
+	data, err := json.Marshal(request{ID: s, CorrelationID: p.cfg.RunID, RequestedBy: p.cfg.RequestedBy, Reason: reason})
 	if err != nil {
 		return fmt.Errorf("encode request %s: %w", s, err)
 	}

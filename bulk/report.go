@@ -16,22 +16,24 @@ import (
 
 // ReportColumns are the columns of a CSV report, and the members of a JSON one.
 var ReportColumns = []string{"assignmentId", "inputLine", "outcome", "errorCode", "httpStatus", "graphRequestId",
-	"attempts", "state", "settled", "requestedAt", "completedAt", "stateAt"}
+	"attempts", "state", "settled", "requestedAt", "completedAt", "stateAt", "restored", "missing"}
 
 // reportRow is a Row as written in a JSON report.
 type reportRow struct {
-	AssignmentID   string `json:"assignmentId"`
-	InputLine      int    `json:"inputLine,omitempty"`
-	Outcome        string `json:"outcome"`
-	ErrorCode      string `json:"errorCode,omitempty"`
-	HTTPStatus     int    `json:"httpStatus,omitempty"`
-	GraphRequestID string `json:"graphRequestId,omitempty"`
-	Attempts       int    `json:"attempts,omitempty"`
-	State          string `json:"state,omitempty"`
-	Settled        *bool  `json:"settled,omitempty"`
-	RequestedAt    string `json:"requestedAt,omitempty"`
-	CompletedAt    string `json:"completedAt,omitempty"`
-	StateAt        string `json:"stateAt,omitempty"`
+	AssignmentID   string   `json:"assignmentId"`
+	InputLine      int      `json:"inputLine,omitempty"`
+	Outcome        string   `json:"outcome"`
+	ErrorCode      string   `json:"errorCode,omitempty"`
+	HTTPStatus     int      `json:"httpStatus,omitempty"`
+	GraphRequestID string   `json:"graphRequestId,omitempty"`
+	Attempts       int      `json:"attempts,omitempty"`
+	State          string   `json:"state,omitempty"`
+	Settled        *bool    `json:"settled,omitempty"`
+	RequestedAt    string   `json:"requestedAt,omitempty"`
+	CompletedAt    string   `json:"completedAt,omitempty"`
+	StateAt        string   `json:"stateAt,omitempty"`
+	Restored       *bool    `json:"restored,omitempty"`
+	Missing        []string `json:"missing,omitempty"`
 }
 
 func toReport(r Row) reportRow {
@@ -42,6 +44,9 @@ func toReport(r Row) reportRow {
 	}
 	if r.SettledKnown {
 		out.Settled = &r.Settled
+	}
+	if r.RestoredKnown {
+		out.Restored, out.Missing = &r.Restored, r.Missing
 	}
 	return out
 }
@@ -67,8 +72,12 @@ func WriteReport(w io.Writer, format string, rows []Row) error {
 			if x.Settled != nil {
 				settled = strconv.FormatBool(*x.Settled)
 			}
+			restored := ""
+			if x.Restored != nil {
+				restored = strconv.FormatBool(*x.Restored)
+			}
 			_ = cw.Write([]string{x.AssignmentID, itoa(x.InputLine), x.Outcome, x.ErrorCode, itoa(x.HTTPStatus), x.GraphRequestID,
-				itoa(x.Attempts), x.State, settled, x.RequestedAt, x.CompletedAt, x.StateAt})
+				itoa(x.Attempts), x.State, settled, x.RequestedAt, x.CompletedAt, x.StateAt, restored, strings.Join(x.Missing, "; ")})
 		}
 		cw.Flush()
 		if err := cw.Error(); err != nil {

@@ -6,9 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -83,6 +86,10 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	if getenv("REPROCESSOR_VERIFY_DELAY") == "" {
 		cfg.VerifyDelay = time.Second // the simulated assignments settle in a few seconds
 	}
+	if getenv("REPROCESSOR_VERIFY_RESOURCES") == "" {
+		cfg.VerifyResources = true // the seeded tenant shows resource verification
+	}
+	tenant := seedDemoTenant(gt)
 	d := &demo{out: stdout, start: time.Now(), tally: map[string]int{}, done: make(chan struct{}), tracking: cfg.Verify}
 	fmt.Fprintf(stdout, "reprocessor demo: simulated Graph at %s (latency 50-300ms, ~2%% unknown ids, occasional 429/503)\n", gt.URL)
 
@@ -103,6 +110,13 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	fmt.Fprintf(stdout, "embedded NATS at %s: publish ids to %s.requests, watch %s.events.>\n", s.NATSURL, cfg.SubjectPrefix, cfg.SubjectPrefix)
 	if s.HTTPAddr != "" {
 		fmt.Fprintf(stdout, "metrics at http://%s/metrics, health at /healthz and /readyz\n", s.HTTPAddr)
+	}
+	if cmd, err := driftCommand(gt, dataDir, s.NATSURL, cfg.SubjectPrefix); err == nil {
+		fmt.Fprintf(stdout, "a simulated tenant: %d access packages, %d assignments, %d of them drifted (users removed from groups, app roles deleted).\n",
+			len(tenant.Packages), demoAssignments, len(tenant.Drifted))
+		fmt.Fprintf(stdout, "find and heal them from a second terminal:\n  %s\nthen run it again without --enqueue: it finds no drift.\n", cmd)
+	} else {
+		fmt.Fprintf(stderr, "reprocessor demo: %v\n", err)
 	}
 	fmt.Fprintln(stdout, "Ctrl-C stops.")
 
@@ -294,6 +308,12 @@ func eventLine(e *worker.Event) string {
 			b.WriteString(" (not settled: " + e.Data.Status + ")")
 		}
 	}
+	if e.Data.Restored != nil {
+		fmt.Fprintf(&b, " restored=%t", *e.Data.Restored)
+		if len(e.Data.Missing) > 0 {
+			fmt.Fprintf(&b, " missing=%s", strings.Join(e.Data.Missing, "; "))
+		}
+	}
 	if e.Data.Error != nil {
 		fmt.Fprintf(&b, " error=%s: %s", e.Data.Error.Code, e.Data.Error.Message)
 	}
@@ -312,4 +332,40 @@ func (d *demo) printTally() {
 	fmt.Fprintf(d.out, "── %s: published %d │ accepted %d │ failed %d │ rejected %d │ coalesced %d │ state changes %d\n",
 		time.Since(d.start).Round(time.Second), d.published, d.tally[worker.KindAccepted], d.tally[worker.KindFailed],
 		d.tally[worker.KindRejected], d.tally[worker.KindCoalesced], d.tally[worker.KindStateChanged])
+}
+
+// demoAssignments is the number of assignments of the demo's simulated tenant.
+const demoAssignments = 60
+
+// seedDemoTenant gives the demo's simulated Graph a small tenant with some drift; each
+// drifted assignment is delivered again two seconds after a reprocess, so that healing it
+// shows.
+func seedDemoTenant(gt *graphtest.Server) graphtest.Seeded {
+	t := gt.Seed(graphtest.Shape{Packages: 4, Groups: 6, Apps: 2, SharePoint: true, Assignments: demoAssignments, Drift: 0.15, Seed: 2026})
+	for id := range t.Drifted {
+		gt.SetLifecycle(id, graphtest.Lifecycle{Delivering: 2 * time.Second})
+	}
+	return t
+}
+
+// driftCommand writes what a second terminal needs to reach the demo (the simulated Graph's
+// credentials, its CA, the embedded NATS) to an environment file readable by this user only,
+// and returns the command that runs a drift scan with it.
+func driftCommand(gt *graphtest.Server, dir, natsURL, prefix string) (string, error) {
+	ca, err := gt.WriteCAFile(dir)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	env := gt.Env(ca)
+	env["NATS_URL"] = natsURL
+	env["REPROCESSOR_SUBJECT_PREFIX"] = prefix
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		fmt.Fprintf(&b, "%s='%s'\n", k, strings.ReplaceAll(env[k], "'", `'\''`))
+	}
+	path := filepath.Join(dir, "demo.env")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	return fmt.Sprintf("(set -a; . %s; go run ./cmd/reprocessor drift --enqueue --wait-settled)", path), nil
 }

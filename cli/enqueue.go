@@ -225,6 +225,8 @@ type enqueuer struct {
 	getenv func(string) string
 	args   []string
 	job    *bulk.Enqueue
+	// reasonFor, if set, gives each id its own reason (drift: what it lacked).
+	reasonFor func(idlist.ID) string
 }
 
 // maxInvalidShown bounds the invalid lines printed one by one.
@@ -239,6 +241,7 @@ func (e *enqueuer) run(ctx context.Context) int {
 		RunID:       e.f.runID,
 		RequestedBy: e.f.requestedBy,
 		Reason:      e.f.reason,
+		ReasonFor:   e.reasonFor,
 		Window:      e.f.window,
 		Rate:        e.f.rate,
 		DryRun:      e.f.dryRun,

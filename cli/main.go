@@ -32,6 +32,9 @@ Usage:
   reprocessor enqueue [flags] IDS   publish ids (arguments, --file, stdin, --from-graph)
                                     with progress, --wait for outcomes and a --report
   reprocessor dlq list|replay       list dead letters, or replay them to the requests
+  reprocessor drift [flags]         find delivered assignments whose users lost the
+                                    package's groups or app roles; --enqueue heals them,
+                                    --every D scans on a schedule
   reprocessor fake-graph [flags]    serve the simulated Graph alone
   reprocessor bench [flags]         measure: embedded NATS, simulated Graph (latency,
                                     throttle, errors) and N replicas working K ids
@@ -59,6 +62,8 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 		return cmdEnqueue(ctx, rest, getenv, stdout, stderr)
 	case "dlq":
 		return cmdDLQ(ctx, rest, getenv, stdout, stderr)
+	case "drift":
+		return cmdDrift(ctx, rest, getenv, stdout, stderr)
 	case "fake-graph":
 		return cmdFakeGraph(ctx, rest, getenv, stdout, stderr)
 	case "bench":

@@ -73,6 +73,7 @@ type Config struct {
 	VerifyDelay       time.Duration // from accepted to the first check
 	VerifyConcurrency int           // state checks at once
 	Precheck          bool          // read the assignment's state before reprocess too
+	VerifyResources   bool          // once delivered, check the target holds the package's resources
 
 	AckWait        time.Duration
 	MaxAckPending  int // 0 means derived: see EffectiveMaxAckPending
@@ -679,6 +680,7 @@ func (c *Config) settings() []setting {
 		{env: "REPROCESSOR_VERIFY_DELAY", help: "from accepted to the first state check", value: (*durationValue)(&c.VerifyDelay)},
 		{env: "REPROCESSOR_VERIFY_CONCURRENCY", help: "state checks at once, 1 to 10000", value: (*intValue)(&c.VerifyConcurrency)},
 		{env: "REPROCESSOR_PRECHECK", help: "read assignment state before reprocess too", value: (*boolValue)(&c.Precheck)},
+		{env: "REPROCESSOR_VERIFY_RESOURCES", help: "once delivered, check the user holds the package's groups and app roles", value: (*boolValue)(&c.VerifyResources)},
 
 		{env: "REPROCESSOR_ACK_WAIT", help: "JetStream ack wait of the consumers", value: (*durationValue)(&c.AckWait)},
 		{env: "REPROCESSOR_MAX_ACK_PENDING", help: "JetStream max ack pending of the requests consumer; 0 is ten times the concurrency, at least 1000", value: (*intValue)(&c.MaxAckPending)},

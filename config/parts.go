@@ -49,6 +49,7 @@ func (c Config) Worker(log *slog.Logger) worker.Config {
 			FirstDelay:  c.VerifyDelay,
 			Deadline:    c.VerifyDeadline,
 			Precheck:    c.Precheck,
+			Resources:   c.VerifyResources,
 		},
 	}
 }

@@ -1,6 +1,7 @@
 package graph
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,7 @@ type SessionConfig struct {
 type Session struct {
 	Credential *Credential
 	Client     *Client
+	clientCfg  Config
 	stop       context.CancelFunc
 	done       chan struct{}
 }
@@ -41,23 +43,39 @@ func Open(getenv func(string) string, cfg SessionConfig) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("graph credential: %w", err)
 	}
-	client, err := New(Config{
-		BaseURL:    cfg.GraphURL,
+	cc := Config{
+		BaseURL:    cmp.Or(cfg.GraphURL, cloud.GraphURL),
 		APIVersion: cfg.APIVersion,
 		Timeout:    cfg.Timeout,
 		HTTPClient: cfg.HTTPClient,
 		Tokens:     cred,
 		Observe:    cfg.Observe,
 		Logger:     cfg.Logger,
-	})
+	}
+	client, err := New(cc)
 	if err != nil {
 		cred.Close()
 		return nil, fmt.Errorf("graph client: %w", err)
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	s := &Session{Credential: cred, Client: client, stop: stop, done: make(chan struct{})}
+	s := &Session{Credential: cred, Client: client, clientCfg: cc, stop: stop, done: make(chan struct{})}
 	go func() { defer close(s.done); cred.Run(ctx) }()
 	return s, nil
+}
+
+// V1 returns a client of the session's Graph and credential that calls v1.0 whatever
+// the configured API version: the drift reads and resource verification exist in v1.0.
+func (s *Session) V1() *Client {
+	if !s.Client.beta {
+		return s.Client
+	}
+	cc := s.clientCfg
+	cc.APIVersion = V1
+	c, err := New(cc)
+	if err != nil {
+		return s.Client // New accepted the same configuration with beta
+	}
+	return c
 }
 
 // Close stops refreshing tokens and releases the credential.

@@ -29,8 +29,12 @@ const (
 	OperationListAssignments = "list_assignments"
 )
 
-// GraphOperations lists every Graph operation.
-var GraphOperations = []string{OperationReprocess, OperationGetAssignment, OperationListAssignments}
+// GraphOperations lists every Graph operation: the worker's, then the catalog and
+// directory reads of drift scans and resource verification (graph.Op*).
+var GraphOperations = []string{OperationReprocess, OperationGetAssignment, OperationListAssignments,
+	"list_access_packages", "get_access_package", "list_group_members", "list_group_owners",
+	"list_app_role_assigned_to", "get_service_principal", "list_member_of", "list_owned_objects",
+	"list_app_role_assignments"}
 
 // LabelOther replaces a label value outside a metric's known set, so that a label never
 // takes an unbounded number of values.

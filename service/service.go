@@ -67,7 +67,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, getenv func(s
 	if err := metrics.RegisterReadiness(reg, checks); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	httpAddr, stopServing, err := serveHTTP(cfg.HTTPAddr, metrics.Handler(reg, checks, log), log)
+	httpAddr, stopServing, err := ServeHTTP(cfg.HTTPAddr, metrics.Handler(reg, checks, log), log)
 	if err != nil {
 		return err
 	}
@@ -76,7 +76,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, getenv func(s
 	stopHTTP := sync.OnceFunc(stopServing)
 	st.push(stopHTTP)
 	if cfg.PprofAddr != "" {
-		_, stopPprof, err := serveHTTP(cfg.PprofAddr, metrics.PprofHandler(), log)
+		_, stopPprof, err := ServeHTTP(cfg.PprofAddr, metrics.PprofHandler(), log)
 		if err != nil {
 			return err
 		}
@@ -147,6 +147,10 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, getenv func(s
 		wc.Concurrency = bound
 	}
 	conc := ratelimit.NewConcurrency(ratelimit.ConcurrencyConfig{Max: wc.Concurrency, Rate: rc.rate, OnChange: m.Concurrency, Logger: log})
+	var resources worker.ResourceChecker
+	if cfg.VerifyResources {
+		resources = graph.NewResourceVerifier(session.V1(), 0)
+	}
 	w, err := worker.New(wc, worker.Deps{
 		Source:      m.DecorateSource(q),
 		Graph:       g,
@@ -160,6 +164,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, getenv func(s
 		Checks:      q.Checks(),
 		Scheduler:   q,
 		States:      g,
+		Resources:   resources,
 		Hold: func() error {
 			if cred.Ready() {
 				return nil
@@ -412,9 +417,9 @@ func pollQueue(ctx context.Context, q *queue.Queue, m *metrics.Metrics, ready *r
 	}
 }
 
-// serveHTTP serves h on addr ("" or "off": nothing) and returns the address bound and a
+// ServeHTTP serves h on addr ("" or "off": nothing) and returns the address bound and a
 // function that stops the server.
-func serveHTTP(addr string, h http.Handler, log *slog.Logger) (string, func(), error) {
+func ServeHTTP(addr string, h http.Handler, log *slog.Logger) (string, func(), error) {
 	if addr == "" || addr == "off" {
 		return "", func() {}, nil
 	}

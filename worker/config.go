@@ -113,7 +113,8 @@ type Deps struct {
 	Gate        *Gate            // optional: the process's throttle gate, shared with replica control; default a gate of its own
 
 	// State tracking, required when Config.Verify.Enabled.
-	Checks    Source         // the verify work queue
-	Scheduler CheckScheduler // puts checks on it
-	States    StateReader    // reads assignments
+	Checks    Source          // the verify work queue
+	Scheduler CheckScheduler  // puts checks on it
+	States    StateReader     // reads assignments
+	Resources ResourceChecker // with Verify.Resources: checks a delivered assignment's resources
 }

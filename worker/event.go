@@ -89,6 +89,11 @@ type EventData struct {
 	// Final marks the last state_changed event of a request: tracking ended, because the
 	// state settled, the deadline passed (settled false) or the state could not be read.
 	Final bool `json:"final,omitempty"`
+	// Restored and Missing are the resource verification's verdict on a delivered
+	// assignment (REPROCESSOR_VERIFY_RESOURCES): whether the target holds every group and
+	// app role of its package, and the resource roles still absent.
+	Restored *bool    `json:"restored,omitempty"`
+	Missing  []string `json:"missing,omitempty"`
 }
 
 // EventError is the error of a failed or rejected event.

@@ -87,6 +87,19 @@ func (d *EventData) appendJSON(b []byte) ([]byte, error) {
 	if d.Final {
 		b = append(b, `,"final":true`...)
 	}
+	if d.Restored != nil {
+		b = strconv.AppendBool(append(b, `,"restored":`...), *d.Restored)
+	}
+	if d.Missing != nil {
+		b = append(b, `,"missing":[`...)
+		for i, m := range d.Missing {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, m)
+		}
+		b = append(b, ']')
+	}
 	return append(b, '}'), nil
 }
 

@@ -59,10 +59,14 @@ type Check struct {
 	AcceptedAt    time.Time `json:"acceptedAt"`
 	NotBefore     time.Time `json:"notBefore"`
 	Deadline      time.Time `json:"deadline"`
-	CorrelationID string    `json:"correlationId,omitempty"`
-	RequestedBy   string    `json:"requestedBy,omitempty"`
-	Reason        string    `json:"reason,omitempty"`
-	RequestedAt   time.Time `json:"requestedAt"`
+	// ResourcesPending: the state is delivered and its resources were not all back at the
+	// last check; Missing is what lacked then.
+	ResourcesPending bool      `json:"resourcesPending,omitempty"`
+	Missing          []string  `json:"missing,omitempty"`
+	CorrelationID    string    `json:"correlationId,omitempty"`
+	RequestedBy      string    `json:"requestedBy,omitempty"`
+	Reason           string    `json:"reason,omitempty"`
+	RequestedAt      time.Time `json:"requestedAt"`
 }
 
 // MsgID identifies the check for deduplication: one per request and number of changes seen,
@@ -99,6 +103,28 @@ type VerifyConfig struct {
 	MaxDelay    time.Duration // the longest wait between checks; default 1m
 	Deadline    time.Duration // from accepted to giving up; default 10m
 	Precheck    bool          // read the state before reprocess too
+	Resources   bool          // once delivered, check the target holds the package's resources (Deps.Resources)
+}
+
+// ResourceCheck is what a resource verification found: whether the target holds every
+// group and app role resource role of its package, and those it lacks.
+type ResourceCheck struct {
+	Restored bool
+	Missing  []string // e.g. "member of group <id>", "appRole <id> of <service principal id>"
+	// Unchecked: there is nothing to check against (the assignment names no package or
+	// target object); the event then carries no verdict.
+	Unchecked bool
+}
+
+// MaxMissing bounds the missing resource roles carried on an event.
+const MaxMissing = 64
+
+// ResourceChecker checks a delivered assignment's resources (DESIGN section 5): the
+// package's resource roles against the target's direct group memberships, ownerships and
+// app role assignments. Errors and answers are as for Graph.Reprocess: a Response that is
+// not a 2xx is the read that failed.
+type ResourceChecker interface {
+	CheckResources(ctx context.Context, assignmentID string) (ResourceCheck, Response, error)
 }
 
 func (v VerifyConfig) withDefaults() VerifyConfig {
@@ -194,6 +220,16 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 		}
 		ev := w.stateEvent(&c, "final", last, fmt.Sprintf("not settled within %s of being accepted", v.Deadline), false, Response{}, now)
 		ev.Data.PreviousState, ev.Data.Final = last, true
+		if c.ResourcesPending {
+			// Delivered, but not every resource came back: one last look decides.
+			rc, ok := w.checkResources(ctx, work, d, &c)
+			if !ok {
+				rc = ResourceCheck{Missing: c.Missing}
+			}
+			settledTrue := true
+			ev.Data.Settled, ev.Data.Status = &settledTrue, fmt.Sprintf("delivered; resources checked until %s after being accepted", v.Deadline)
+			ev.Data.Restored, ev.Data.Missing = &rc.Restored, rc.Missing
+		}
 		if w.publishAndAck(work, m, d, ev) {
 			log.Warn("state tracking reached its deadline", "last_state", last)
 		}
@@ -248,10 +284,27 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 		return
 	}
 	done := settled(state)
+	var rc *ResourceCheck
+	if done && state == StateDelivered && v.Resources && w.deps.Resources != nil {
+		r, ok := w.checkResources(ctx, work, d, &c)
+		if !ok && r.Missing == nil {
+			// The check could not be made now (throttled, a network error): come back.
+			w.handBack(m, d, max(w.cfg.Backoff.Delay(int(min(d.NumDelivered, 30)), Response{}, w.cfg.Rand), time.Second), "resource check not made")
+			return
+		}
+		if ok {
+			rc = &r
+		}
+	}
+	pending := rc != nil && !rc.Restored // delivered, resources not yet back: keep checking
 	changed := state != c.LastState
-	if changed || (done && c.Changes == 0) {
+	restoredNow := rc != nil && rc.Restored && c.ResourcesPending
+	if changed || (done && c.Changes == 0) || restoredNow {
 		ev := w.stateEvent(&c, strconv.Itoa(c.Changes+1), state, status, done, resp, now)
-		ev.Data.Final = done
+		ev.Data.Final = done && !pending
+		if rc != nil {
+			ev.Data.Restored, ev.Data.Missing = &rc.Restored, rc.Missing
+		}
 		if _, err := w.publish(work, "event", func(ctx context.Context) (Stored, error) { return w.deps.Events.PublishEvent(ctx, ev) }); err != nil {
 			w.checkNotStored(m, d, "event", err)
 			return
@@ -261,7 +314,7 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 		}
 		log.Info("assignment state changed", "previous_state", c.LastState, "state", state, "settled", done)
 	}
-	if done {
+	if done && !pending {
 		_ = m.Ack()
 		return
 	}
@@ -271,6 +324,10 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 	}
 	next := c
 	next.LastState, next.Changes = state, c.Changes+1
+	next.ResourcesPending, next.Missing = pending, nil
+	if pending {
+		next.Missing = rc.Missing
+	}
 	next.NotBefore = now.Add(v.nextCheck(&c, now))
 	if _, err := w.publish(work, "state check", func(ctx context.Context) (Stored, error) {
 		return Stored{}, w.deps.Scheduler.ScheduleCheck(ctx, &next)
@@ -279,6 +336,43 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 		return
 	}
 	_ = m.Ack()
+}
+
+// checkResources checks a delivered assignment's resources, paced like every Graph call.
+// It reports false when no answer was had: a retryable failure (r.Missing nil: try again
+// later), or one that will not pass by retrying, such as a permission the worker lacks
+// (logged; r.Missing set to the last known, the event then carries no verdict).
+func (w *Worker) checkResources(ctx, work context.Context, d Delivery, c *Check) (ResourceCheck, bool) {
+	log := w.log.With("assignment_id", c.AssignmentID, "request_seq", c.RequestSeq)
+	if err := w.pace(ctx, time.Time{}); err != nil {
+		return ResourceCheck{}, false
+	}
+	t0 := w.cfg.Now()
+	rc, resp, err := w.deps.Resources.CheckResources(work, c.AssignmentID)
+	cl := classify(resp, err)
+	w.feedback(resp, cl, w.cfg.Now().Sub(t0))
+	switch {
+	case err == nil && resp.Status/100 == 2 && rc.Unchecked:
+		log.Debug("resources not checked: the assignment names no package or target object")
+		return ResourceCheck{Missing: []string{}}, false
+	case err == nil && resp.Status/100 == 2:
+		if len(rc.Missing) > MaxMissing {
+			rc.Missing = append(rc.Missing[:MaxMissing:MaxMissing], fmt.Sprintf("... and %d more", len(rc.Missing)-MaxMissing))
+		}
+		for i, s := range rc.Missing {
+			rc.Missing[i] = cutField(s, 256)
+		}
+		if rc.Missing == nil {
+			rc.Missing = []string{}
+		}
+		rc.Restored = len(rc.Missing) == 0
+		return rc, true
+	case cl.verdict == verdictRetry || cl.verdict == verdictThrottled || cl.verdict == verdictCredential:
+		log.Debug("resource check failed; retried", "status", resp.Status, "err", err)
+		return ResourceCheck{}, false
+	}
+	log.Warn("resource check failed: the event carries no restored verdict", "status", resp.Status, "err", err, "detail", cl.detail)
+	return ResourceCheck{Missing: []string{}}, false
 }
 
 // publishAndAck publishes a final event for a check and acks it; it reports success.

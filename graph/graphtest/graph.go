@@ -223,7 +223,11 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, c *Call) int {
 		w.WriteHeader(http.StatusAccepted)
 		return http.StatusAccepted
 	}
-	writeJSON(w, http.StatusOK, assignmentJSON(a, c.APIVersion, s.URL, expandsTarget(r)))
+	body := assignmentJSON(a, c.APIVersion, s.URL, c.APIVersion == "v1.0" && expandsTarget(r))
+	if c.APIVersion == "v1.0" && strings.Contains(r.URL.Query().Get("$expand"), "accessPackage") && a.AccessPackageID != "" {
+		body["accessPackage"] = map[string]any{"id": a.AccessPackageID}
+	}
+	writeJSON(w, http.StatusOK, body)
 	return http.StatusOK
 }
 

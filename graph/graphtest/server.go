@@ -126,7 +126,7 @@ type Server struct {
 
 	life lifecycles
 
-	storeMu sync.RWMutex
+	storeMu   sync.RWMutex
 	store     map[string]*Assignment
 	order     []string
 	byPackage map[string][]string // access package id -> its assignments' ids, in order

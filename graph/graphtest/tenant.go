@@ -105,7 +105,7 @@ type tenant struct {
 	groups     map[string]*group
 	sps        map[string]*servicePrincipal
 	users      map[string]string // id -> userPrincipalName
-	noRestore  map[string]bool // resource ids reprocess cannot restore
+	noRestore  map[string]bool   // resource ids reprocess cannot restore
 	restores   []pendingRestore
 	dirLimiter *rate.Limiter
 }
@@ -244,10 +244,14 @@ func (s *Server) grant(pkg, principal string, restoring bool) {
 }
 
 // AddMember and AddOwner add a principal to a group directly.
-func (s *Server) AddMember(groupID, principalID string) { s.editGroup(groupID, principalID, RoleMember, true) }
+func (s *Server) AddMember(groupID, principalID string) {
+	s.editGroup(groupID, principalID, RoleMember, true)
+}
 
 // AddOwner adds an owner to a group.
-func (s *Server) AddOwner(groupID, principalID string) { s.editGroup(groupID, principalID, RoleOwner, true) }
+func (s *Server) AddOwner(groupID, principalID string) {
+	s.editGroup(groupID, principalID, RoleOwner, true)
+}
 
 // RemoveMember removes a member out of band (what reprocess exists to repair).
 func (s *Server) RemoveMember(groupID, principalID string) bool {
