@@ -36,6 +36,19 @@ type serviceMonitor struct {
 	} `json:"spec"`
 }
 
+// podMonitor is the part of a monitoring.coreos.com/v1 PodMonitor the kit uses.
+type podMonitor struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		Selector            metav1.LabelSelector `json:"selector"`
+		PodMetricsEndpoints []struct {
+			Port     string `json:"port"`
+			Interval string `json:"interval,omitempty"`
+		} `json:"podMetricsEndpoints"`
+	} `json:"spec"`
+}
+
 type prometheusRule struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata"`
@@ -76,6 +89,7 @@ type manifests struct {
 	deployments     []appsv1.Deployment
 	pdbs            []policyv1.PodDisruptionBudget
 	serviceMonitors []serviceMonitor
+	podMonitors     []podMonitor
 	prometheusRules []prometheusRule
 	scaledObjects   []scaledObject
 }
@@ -126,6 +140,8 @@ func build(t *testing.T, dir string) manifests {
 			add(t, &m.pdbs, data, id)
 		case "monitoring.coreos.com/v1/ServiceMonitor":
 			add(t, &m.serviceMonitors, data, id)
+		case "monitoring.coreos.com/v1/PodMonitor":
+			add(t, &m.podMonitors, data, id)
 		case "monitoring.coreos.com/v1/PrometheusRule":
 			add(t, &m.prometheusRules, data, id)
 		case "keda.sh/v1alpha1/ScaledObject":
@@ -137,7 +153,13 @@ func build(t *testing.T, dir string) manifests {
 	if t.Failed() {
 		t.FailNow()
 	}
-	if len(m.deployments) != 1 || len(m.configMaps) != 1 || len(m.services) != 1 || len(m.pdbs) != 1 ||
+	workers := 0
+	for _, d := range m.deployments {
+		if d.Name != "reprocessor-drift" {
+			workers++
+		}
+	}
+	if workers != 1 || len(m.configMaps) != 1 || len(m.services) != 1 || len(m.pdbs) != 1 ||
 		len(m.serviceMonitors) != 1 || len(m.prometheusRules) != 1 || len(m.serviceAccounts) != 1 {
 		t.Fatalf("%s: want one each of Deployment, ConfigMap, Service, PodDisruptionBudget, ServiceMonitor, PrometheusRule, ServiceAccount", dir)
 	}
@@ -309,5 +331,42 @@ func TestKustomizeKEDA(t *testing.T) {
 	// The stream and the consumer of DESIGN section 2.
 	if md["stream"] != "REPROCESS_REQUESTS" || md["consumer"] != "reprocessor" || md["natsServerMonitoringEndpoint"] == "" || md["lagThreshold"] == "" {
 		t.Errorf("nats-jetstream trigger metadata %v", md)
+	}
+}
+
+func TestKustomizeDriftScanner(t *testing.T) {
+	t.Parallel()
+	m := build(t, "kubernetes/overlays/drift-scanner")
+	var scanner *appsv1.Deployment
+	for i := range m.deployments {
+		if m.deployments[i].Name == "reprocessor-drift" {
+			scanner = &m.deployments[i]
+		}
+	}
+	if scanner == nil {
+		t.Fatalf("no Deployment reprocessor-drift among %d", len(m.deployments))
+	}
+	if scanner.Spec.Replicas == nil || *scanner.Spec.Replicas != 1 || scanner.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+		t.Errorf("the scanner must run one replica, recreated: replicas %v, strategy %s", scanner.Spec.Replicas, scanner.Spec.Strategy.Type)
+	}
+	args := strings.Join(scanner.Spec.Template.Spec.Containers[0].Args, " ")
+	if !strings.HasPrefix(args, "drift --every ") {
+		t.Errorf("scanner args %q: want drift --every", args)
+	}
+	cmd := exec.Command(buildWorker(t), "drift", "--help")
+	if out, _ := cmd.CombinedOutput(); !strings.Contains(string(out), "-every") {
+		t.Errorf("reprocessor drift --help does not name --every:\n%s", out)
+	}
+	sel := labels.Set(scanner.Spec.Template.Labels)
+	if len(m.podMonitors) != 1 {
+		t.Fatalf("want a PodMonitor for the scanner, got %d", len(m.podMonitors))
+	}
+	if ps, err := metav1.LabelSelectorAsSelector(&m.podMonitors[0].Spec.Selector); err != nil || !ps.Matches(sel) {
+		t.Errorf("the PodMonitor does not select the scanner's pods (%v)", err)
+	}
+	for _, d := range m.deployments {
+		if d.Name != scanner.Name && labels.SelectorFromSet(d.Spec.Selector.MatchLabels).Matches(sel) {
+			t.Errorf("Deployment %s's selector matches the scanner's pods", d.Name)
+		}
 	}
 }
