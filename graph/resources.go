@@ -45,11 +45,18 @@ func NewResourceVerifier(c *Client, ttl time.Duration) *ResourceVerifier {
 var _ worker.ResourceChecker = (*ResourceVerifier)(nil)
 
 // CheckResources checks assignment id's target against its package's resource roles.
-func (v *ResourceVerifier) CheckResources(ctx context.Context, id string) (worker.ResourceCheck, worker.Response, error) {
-	a, res, err := v.c.GetAssignmentDetail(ctx, id)
-	if err != nil || res.Status != http.StatusOK {
-		resp, err := adaptResult(res, err)
-		return worker.ResourceCheck{}, resp, err
+func (v *ResourceVerifier) CheckResources(ctx context.Context, id string, seen worker.Assignment) (worker.ResourceCheck, worker.Response, error) {
+	a := Assignment{AccessPackageID: seen.AccessPackageID, Target: Target{ObjectID: seen.TargetID}}
+	if seen.TargetIsSPN {
+		a.Target.SubjectType = "servicePrincipal"
+	}
+	res := Result{Status: http.StatusOK}
+	if !seen.Detailed {
+		var err error
+		if a, res, err = v.c.GetAssignmentDetail(ctx, id); err != nil || res.Status != http.StatusOK {
+			resp, err := adaptResult(res, err)
+			return worker.ResourceCheck{}, resp, err
+		}
 	}
 	if !ValidID(a.AccessPackageID) || !ValidID(a.Target.ObjectID) {
 		resp, _ := adaptResult(res, nil)

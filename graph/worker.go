@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/reprocessor/reprocessor/worker"
 )
@@ -31,13 +32,19 @@ func (g WorkerAdapter) Reprocess(ctx context.Context, id string) (worker.Respons
 // GetAssignment reads the assignment id. A 200 whose body cannot be read (or is about
 // another assignment) is a 502 to the worker: retried like a server error.
 func (g WorkerAdapter) GetAssignment(ctx context.Context, id string) (worker.Assignment, worker.Response, error) {
-	a, r, err := g.c.GetAssignment(ctx, id)
+	get := g.c.GetAssignment
+	if !g.c.beta {
+		// v1.0 names the package and the target in the same read, for resource verification.
+		get = g.c.GetAssignmentDetail
+	}
+	a, r, err := get(ctx, id)
 	resp, err := adaptResult(r, err)
 	if errors.Is(err, ErrDecode) {
 		// A 200 whose body cannot be read: retried like a server error.
 		resp.Status, err = http.StatusBadGateway, nil
 	}
-	return worker.Assignment{State: a.State, Status: a.Status}, resp, err
+	return worker.Assignment{State: a.State, Status: a.Status, Detailed: !g.c.beta, AccessPackageID: a.AccessPackageID,
+		TargetID: a.Target.ObjectID, TargetIsSPN: strings.EqualFold(a.Target.SubjectType, "servicePrincipal")}, resp, err
 }
 
 // adaptResult presents a Graph answer, or the failure to get one, to the worker.

@@ -82,6 +82,12 @@ func (c *Check) ref() string { return RequestRef(c.RequestStream, c.RequestSeq, 
 type Assignment struct {
 	State  string // v1.0 camelCase ("delivered"); unknown values kept as they are
 	Status string
+	// Detailed: the read also named the assignment's access package and target (v1.0
+	// reads them in the same call), so that resource verification need not read it again.
+	Detailed        bool
+	AccessPackageID string
+	TargetID        string
+	TargetIsSPN     bool // the target is a service principal, not a user
 }
 
 // StateReader reads an assignment's state from Graph. Errors are as for Graph.Reprocess.
@@ -124,7 +130,9 @@ const MaxMissing = 64
 // app role assignments. Errors and answers are as for Graph.Reprocess: a Response that is
 // not a 2xx is the read that failed.
 type ResourceChecker interface {
-	CheckResources(ctx context.Context, assignmentID string) (ResourceCheck, Response, error)
+	// a is the assignment as the state check read it; when it is not Detailed, the checker
+	// reads the assignment's package and target itself.
+	CheckResources(ctx context.Context, assignmentID string, a Assignment) (ResourceCheck, Response, error)
 }
 
 func (v VerifyConfig) withDefaults() VerifyConfig {
@@ -222,7 +230,7 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 		ev.Data.PreviousState, ev.Data.Final = last, true
 		if c.ResourcesPending {
 			// Delivered, but not every resource came back: one last look decides.
-			rc, ok := w.checkResources(ctx, work, d, &c)
+			rc, ok := w.checkResources(ctx, work, d, &c, Assignment{})
 			if !ok {
 				rc = ResourceCheck{Missing: c.Missing}
 			}
@@ -286,7 +294,7 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 	done := settled(state)
 	var rc *ResourceCheck
 	if done && state == StateDelivered && v.Resources && w.deps.Resources != nil {
-		r, ok := w.checkResources(ctx, work, d, &c)
+		r, ok := w.checkResources(ctx, work, d, &c, a)
 		if !ok && r.Missing == nil {
 			// The check could not be made now (throttled, a network error): come back.
 			w.handBack(m, d, max(w.cfg.Backoff.Delay(int(min(d.NumDelivered, 30)), Response{}, w.cfg.Rand), time.Second), "resource check not made")
@@ -342,13 +350,13 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 // It reports false when no answer was had: a retryable failure (r.Missing nil: try again
 // later), or one that will not pass by retrying, such as a permission the worker lacks
 // (logged; r.Missing set to the last known, the event then carries no verdict).
-func (w *Worker) checkResources(ctx, work context.Context, d Delivery, c *Check) (ResourceCheck, bool) {
+func (w *Worker) checkResources(ctx, work context.Context, d Delivery, c *Check, a Assignment) (ResourceCheck, bool) {
 	log := w.log.With("assignment_id", c.AssignmentID, "request_seq", c.RequestSeq)
 	if err := w.pace(ctx, time.Time{}); err != nil {
 		return ResourceCheck{}, false
 	}
 	t0 := w.cfg.Now()
-	rc, resp, err := w.deps.Resources.CheckResources(work, c.AssignmentID)
+	rc, resp, err := w.deps.Resources.CheckResources(work, c.AssignmentID, a)
 	cl := classify(resp, err)
 	w.feedback(resp, cl, w.cfg.Now().Sub(t0))
 	switch {
