@@ -28,6 +28,13 @@ func cmdFakeGraph(ctx context.Context, args []string, getenv func(string) string
 	unavailable := fs.Float64("unavailable-rate", 0, "fraction of calls answered 503 with Retry-After")
 	rateLimit := fs.Float64("rate-limit", 0, "Graph calls per second admitted; the excess is answered 429 (0: no limit)")
 	tokenLifetime := fs.Duration("token-lifetime", time.Hour, "expires_in of issued tokens")
+	var shape graphtest.Shape
+	fs.IntVar(&shape.Packages, "tenant-packages", 0, "seed a tenant with this many access packages (for reprocessor drift)")
+	fs.IntVar(&shape.Groups, "tenant-groups", 10, "with --tenant-packages: groups among them")
+	fs.IntVar(&shape.Apps, "tenant-apps", 2, "with --tenant-packages: applications among them")
+	fs.IntVar(&shape.Assignments, "tenant-assignments", 1000, "with --tenant-packages: delivered assignments, one user each")
+	fs.Float64Var(&shape.Drift, "tenant-drift", 0.02, "with --tenant-packages: fraction of assignments whose user lost one resource role")
+	pageSize := fs.Int("page-size", 100, "the largest page a list answers (at most 999)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -40,6 +47,11 @@ func cmdFakeGraph(ctx context.Context, args []string, getenv func(string) string
 		opts = graphtest.Realistic()
 	}
 	opts.Addr = *addr
+	if *pageSize < 1 || *pageSize > 999 || shape.Packages < 0 || shape.Assignments < 0 || shape.Drift < 0 || shape.Drift > 1 {
+		fmt.Fprintln(stderr, "reprocessor fake-graph: --page-size must be 1 to 999, the tenant's counts at least 0 and --tenant-drift from 0 to 1")
+		return exitUsage
+	}
+	opts.PageSize = *pageSize
 	opts.TokenLifetime = *tokenLifetime
 	if *latencyMin > 0 || *latencyMax > 0 {
 		opts.LatencyMin, opts.LatencyMax = *latencyMin, *latencyMax
@@ -58,6 +70,12 @@ func cmdFakeGraph(ctx context.Context, args []string, getenv func(string) string
 	defer srv.Close()
 	if *rateLimit > 0 {
 		srv.SetRateLimit(*rateLimit, max(1, int(*rateLimit)))
+	}
+	if shape.Packages > 0 {
+		shape.SharePoint, shape.Seed = true, 1
+		t := srv.Seed(shape)
+		fmt.Fprintf(stdout, "seeded a tenant: %d access packages, %d groups, %d applications, %d assignments, %d drifted\n",
+			len(t.Packages), len(t.Groups), len(t.Apps), shape.Assignments, len(t.Drifted))
 	}
 	dir := *caDir
 	if dir == "" {

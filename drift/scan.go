@@ -37,7 +37,7 @@ type Reader interface {
 const DefaultGrace = time.Hour
 
 // DefaultConcurrency is how many packages are scanned at once.
-const DefaultConcurrency = 4
+const DefaultConcurrency = 16
 
 // Config is one scan.
 type Config struct {
