@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/reprocessor/reprocessor/bulk"
@@ -22,6 +23,7 @@ import (
 	"github.com/reprocessor/reprocessor/idlist"
 	"github.com/reprocessor/reprocessor/logging"
 	"github.com/reprocessor/reprocessor/metrics"
+	"github.com/reprocessor/reprocessor/queue"
 	"github.com/reprocessor/reprocessor/ratelimit"
 	"github.com/reprocessor/reprocessor/service"
 	"github.com/reprocessor/reprocessor/version"
@@ -381,6 +383,22 @@ func (d *drifter) schedule(ctx context.Context) int {
 		},
 	}
 	if d.f.enqueue {
+		// What was enqueued is kept in the runs stream, so that a restart enqueues it not again.
+		e := &enqueuer{cfg: d.cfg, io: d.io, log: d.log, getenv: d.getenv}
+		nc, err := e.connect(ctx)
+		if err != nil {
+			fmt.Fprintf(d.io.stderr, "reprocessor drift: %v\n", err)
+			return exitFailed
+		}
+		defer func() { _ = queue.Drain(nc, 10*time.Second) }()
+		js, err := jetstream.New(nc)
+		if err == nil {
+			sc.State, err = bulk.NewScannerState(ctx, js, bulk.RunsConfig{Prefix: d.cfg.SubjectPrefix, Replicas: d.cfg.StreamReplicas, NoCreate: d.cfg.NoCreate}, nc.MaxPayload())
+		}
+		if err != nil {
+			fmt.Fprintf(d.io.stderr, "reprocessor drift: %v\n", err)
+			return exitFailed
+		}
 		sc.Enqueue = func(ctx context.Context, n int, ds []drift.Drifted) error {
 			f := d.f.enq
 			f.runID = fmt.Sprintf("drift-%s-%d", time.Now().UTC().Format("20060102-150405"), n)

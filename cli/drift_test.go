@@ -146,12 +146,16 @@ func TestDriftEveryEnqueuesOnce(t *testing.T) {
 	sys := newSystem(t, graphtest.Options{StrictStore: true})
 	seeded := sys.gt.Seed(graphtest.Shape{Packages: 2, Groups: 3, Assignments: 20, Drift: 0.3, Seed: 9})
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan int, 1)
-	go func() {
-		code, _, _ := sys.drift(ctx, env{"REPROCESSOR_HTTP_ADDR": addr}, "--every", "1s", "--enqueue")
-		done <- code
-	}()
+	scanner := func() (context.CancelFunc, chan int) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan int, 1)
+		go func() {
+			code, _, _ := sys.drift(ctx, env{"REPROCESSOR_HTTP_ADDR": addr}, "--every", "1s", "--enqueue")
+			done <- code
+		}()
+		return cancel, done
+	}
+	cancel, done := scanner()
 	scans := func() int {
 		resp, err := http.Get("http://" + addr + "/metrics")
 		if err != nil {
@@ -176,6 +180,13 @@ func TestDriftEveryEnqueuesOnce(t *testing.T) {
 	cancel()
 	if code := <-done; code != exitOK {
 		t.Errorf("scanner exit %d", code)
+	}
+	// A restarted scanner remembers what it enqueued: two more scans enqueue nothing.
+	cancel, done = scanner()
+	sys.waitFor("two scans after the restart", 30*time.Second, func() bool { return scans() >= 2 })
+	cancel()
+	if code := <-done; code != exitOK {
+		t.Errorf("restarted scanner exit %d", code)
 	}
 	// No worker ran: the requests wait in the work queue; read them without acking.
 	cons, err := sys.js.Consumer(context.Background(), "REPROCESS_REQUESTS", "reprocessor")

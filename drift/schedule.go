@@ -2,6 +2,8 @@ package drift
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"log/slog"
 	"sync"
 	"time"
@@ -24,7 +26,15 @@ type ScheduleConfig struct {
 	Observer Observer
 	// OnScan, if set, is called after each scan with its results (for the command's output).
 	OnScan func(scan int, found []Drifted, sum Summary, err error)
+	// State, if set, keeps what was enqueued across restarts (*bulk.ScannerState).
+	State  State
 	Logger *slog.Logger
+}
+
+// State keeps the assignments enqueued and still drifted, for a restarted scanner.
+type State interface {
+	Load(ctx context.Context) ([]string, error)
+	Save(ctx context.Context, ids []string) error
 }
 
 // Scheduler scans every Every until its context ends, enqueuing only what drifted since it
@@ -57,6 +67,20 @@ func (s *Scheduler) Healthy() error {
 // Run scans at once, then every Every, until ctx ends. A scan that fails is logged and
 // counted; the next one is still made.
 func (s *Scheduler) Run(ctx context.Context) {
+	if s.cfg.State != nil {
+		ids, err := s.cfg.State.Load(ctx)
+		if err != nil {
+			s.cfg.Logger.Warn("drift scanner: the state of the last run could not be read; what is still drifted is enqueued again", "err", err)
+		}
+		s.mu.Lock()
+		for _, id := range ids {
+			s.enqueued[id] = true
+		}
+		s.mu.Unlock()
+		if len(ids) > 0 {
+			s.cfg.Logger.Info("drift scanner: resumed", "enqueued_and_drifted", len(ids))
+		}
+	}
 	for {
 		s.once(ctx)
 		t := time.NewTimer(s.cfg.Every)
@@ -109,11 +133,18 @@ func (s *Scheduler) once(ctx context.Context) {
 			}
 		}
 		s.mu.Lock()
-		if err == nil || len(still) > 0 {
-			// What is no longer drifted is forgotten, so that drifting again enqueues it again.
-			s.enqueued = still
+		changed := len(still) != len(s.enqueued)
+		for id := range still {
+			changed = changed || !s.enqueued[id]
 		}
+		// What is no longer drifted is forgotten, so that drifting again enqueues it again.
+		s.enqueued = still
 		s.mu.Unlock()
+		if changed && s.cfg.State != nil {
+			if serr := s.cfg.State.Save(ctx, slices.Collect(maps.Keys(still))); serr != nil {
+				s.cfg.Logger.Warn("drift scanner: state not saved; a restart enqueues what is still drifted again", "err", serr)
+			}
+		}
 		s.cfg.Logger.Info("drift scan", "scan", n, "packages", sum.Packages, "assignments", sum.Assignments,
 			"drifted", sum.Drifted, "enqueued", len(fresh), "skipped", sum.Skipped, "unchecked_roles", sum.UncheckedRoles,
 			"findings", len(sum.Findings), "duration", sum.Elapsed.Round(time.Millisecond))
