@@ -116,11 +116,12 @@ func itoa(n int) string {
 // Summary counts rows per outcome, per error code and per final state.
 type Summary struct {
 	Outcomes, ErrorCodes, States map[string]int
+	Resources                    map[string]int // resource verification: restored, not restored
 }
 
 // Summarize counts rows.
 func Summarize(rows []Row) Summary {
-	s := Summary{Outcomes: map[string]int{}, ErrorCodes: map[string]int{}, States: map[string]int{}}
+	s := Summary{Outcomes: map[string]int{}, ErrorCodes: map[string]int{}, States: map[string]int{}, Resources: map[string]int{}}
 	for _, r := range rows {
 		s.Outcomes[r.Outcome]++
 		if r.ErrorCode != "" {
@@ -132,6 +133,13 @@ func Summarize(rows []Row) Summary {
 				st += " (not settled)"
 			}
 			s.States[st]++
+		}
+		if r.RestoredKnown {
+			if r.Restored {
+				s.Resources["restored"]++
+			} else {
+				s.Resources["not restored"]++
+			}
 		}
 	}
 	return s

@@ -52,7 +52,8 @@ NATS_URL unset means the embedded server of a "reprocessor run" on this machine
 
 Exit status: 0 every id published (with --wait: accepted or coalesced); 1 an error
 (NATS, Graph, the input); 2 bad arguments; 3 invalid input lines, or ids that ended failed
-or rejected (with --wait-settled: or not settled delivered); 4 --timeout passed;
+or rejected (with --wait-settled: or not settled delivered, or their resources not
+restored); 4 --timeout passed;
 130 interrupted (re-run with the same --run-id).
 
 Flags of enqueue:
@@ -338,6 +339,9 @@ func (e *enqueuer) run(ctx context.Context) int {
 		fmt.Fprintf(out, "outcomes: %s\n", bulk.Line(s.Outcomes))
 		fmt.Fprintf(out, "error codes: %s\n", bulk.Line(s.ErrorCodes))
 		fmt.Fprintf(out, "final states: %s\n", bulk.Line(s.States))
+		if len(s.Resources) > 0 {
+			fmt.Fprintf(out, "resources: %s\n", bulk.Line(s.Resources))
+		}
 		if code == exitOK && (s.Outcomes[worker.KindFailed] > 0 || s.Outcomes[worker.KindRejected] > 0) {
 			code = exitNotAllAccepted
 		}
@@ -346,6 +350,9 @@ func (e *enqueuer) run(ctx context.Context) int {
 				if n > 0 && st != worker.StateDelivered {
 					code = exitNotAllAccepted
 				}
+			}
+			if s.Resources["not restored"] > 0 {
+				code = exitNotAllAccepted
 			}
 		}
 	}

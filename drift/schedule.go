@@ -2,9 +2,9 @@ package drift
 
 import (
 	"context"
+	"log/slog"
 	"maps"
 	"slices"
-	"log/slog"
 	"sync"
 	"time"
 )
