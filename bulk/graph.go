@@ -61,6 +61,9 @@ func ListFromGraph(ctx context.Context, l Lister, c ListConfig, fn func(idlist.I
 		if p.NextLink == "" {
 			return nil
 		}
+		if p.NextLink == q.NextLink {
+			return fmt.Errorf("list assignments, page %d: Graph answered the same @odata.nextLink again", page)
+		}
 		q = graph.ListQuery{NextLink: p.NextLink}
 	}
 }

@@ -270,6 +270,7 @@ func (s *Scan) listPackages(ctx context.Context, fn func(graph.AccessPackage) er
 	// tenant has thousands of packages at most, and only their ids are kept.
 	var all []graph.AccessPackage
 	next := ""
+	var pages pager
 	for {
 		var page graph.PackagePage
 		err := s.call.do(ctx, graph.OpListAccessPackages, func() (graph.Result, error) {
@@ -290,6 +291,9 @@ func (s *Scan) listPackages(ctx context.Context, fn func(graph.AccessPackage) er
 		s.packagesTotal.Store(int64(len(all)))
 		if page.NextLink == "" {
 			break
+		}
+		if err := pages.next(page.NextLink, "access packages"); err != nil {
+			return err
 		}
 		next = page.NextLink
 	}
@@ -343,6 +347,7 @@ func (s *Scan) scanPackage(ctx context.Context, id string) error {
 	byTarget := map[string][]int{}
 	now := s.cfg.Now()
 	q := graph.ListQuery{AccessPackageID: id, State: worker.StateDelivered, ExpandTarget: true, Top: 999}
+	var pages pager
 	for {
 		var page graph.Page
 		err := s.call.do(ctx, graph.OpListAssignments, func() (graph.Result, error) {
@@ -369,10 +374,13 @@ func (s *Scan) scanPackage(ctx context.Context, id string) error {
 				continue
 			}
 			byTarget[a.Target.ObjectID] = append(byTarget[a.Target.ObjectID], len(holders))
-			holders = append(holders, holder{id: strings.ToLower(a.ID), target: a.Target.ObjectID, principal: a.Target.PrincipalName})
+			holders = append(holders, holder{id: strings.ToLower(a.ID), target: a.Target.ObjectID, principal: truncate(a.Target.PrincipalName, 256)})
 		}
 		if page.NextLink == "" {
 			break
+		}
+		if err := pages.next(page.NextLink, "assignments"); err != nil {
+			return err
 		}
 		q = graph.ListQuery{NextLink: page.NextLink}
 	}
@@ -399,7 +407,7 @@ func (s *Scan) scanPackage(ctx context.Context, id string) error {
 		if len(missing) == 0 {
 			continue
 		}
-		d := Drifted{AssignmentID: h.id, AccessPackageID: id, AccessPackage: pkg.DisplayName,
+		d := Drifted{AssignmentID: h.id, AccessPackageID: id, AccessPackage: truncate(pkg.DisplayName, 256),
 			TargetObjectID: h.target, PrincipalName: h.principal, Missing: missing}
 		s.drifted.Add(1)
 		s.mu.Lock()
@@ -437,7 +445,7 @@ func (s *Scan) expectedRoles(pkg graph.AccessPackage) ([]expected, int) {
 					Detail: fmt.Sprintf("group role %q is scoped to another group", truncate(r.OriginID, 80))})
 				continue
 			}
-			m = Missing{Kind: KindMember, ResourceID: strings.ToLower(gid), Name: r.ScopeName}
+			m = Missing{Kind: KindMember, ResourceID: strings.ToLower(gid), Name: truncate(r.ScopeName, 256)}
 			if kind == "Owner" {
 				m.Kind = KindOwner
 			}
@@ -447,7 +455,7 @@ func (s *Scan) expectedRoles(pkg graph.AccessPackage) ([]expected, int) {
 					Detail: fmt.Sprintf("app role %q of %q: not an app role id and a service principal id", truncate(r.OriginID, 80), truncate(r.ScopeOriginID, 80))})
 				continue
 			}
-			m = Missing{Kind: KindAppRole, ResourceID: strings.ToLower(r.ScopeOriginID), AppRoleID: strings.ToLower(r.OriginID), Name: r.DisplayName}
+			m = Missing{Kind: KindAppRole, ResourceID: strings.ToLower(r.ScopeOriginID), AppRoleID: strings.ToLower(r.OriginID), Name: truncate(r.DisplayName, 256)}
 		default:
 			s.finding(Finding{Kind: FindingUnsupportedRole, AccessPackageID: pkg.ID, ResourceID: r.ScopeOriginID,
 				Detail: fmt.Sprintf("originSystem %q is not checked", truncate(r.OriginSystem, 80))})
@@ -507,6 +515,7 @@ func (s *Scan) readHolders(ctx context.Context, pkg string, roles []expected, by
 	for _, k := range order {
 		idx := byList[k]
 		next := ""
+		var pages pager
 		if k.kind == "sp" {
 			var defined []string
 			err := s.call.do(ctx, graph.OpGetServicePrincipal, func() (graph.Result, error) {
@@ -548,6 +557,9 @@ func (s *Scan) readHolders(ctx context.Context, pkg string, roles []expected, by
 				if next = page.NextLink; next == "" {
 					break
 				}
+				if err := pages.next(next, "app role assignments of "+k.id); err != nil {
+					return err
+				}
 			}
 			continue
 		}
@@ -577,8 +589,34 @@ func (s *Scan) readHolders(ctx context.Context, pkg string, roles []expected, by
 			if next = page.NextLink; next == "" {
 				break
 			}
+			if err := pages.next(next, op+" of "+k.id); err != nil {
+				return err
+			}
 		}
 	}
+	return nil
+}
+
+// maxPages bounds the pages of one list: a group of ten million members is 10,010 pages
+// of 999. A Graph that pages for ever, or answers the same next link again, ends the scan
+// with an error instead of holding it.
+const maxPages = 100_000
+
+// pager follows the pages of one list.
+type pager struct {
+	n    int
+	last string
+}
+
+func (p *pager) next(link, what string) error {
+	p.n++
+	switch {
+	case link == p.last:
+		return fmt.Errorf("list of %s: Graph answered the same @odata.nextLink twice", what)
+	case p.n >= maxPages:
+		return fmt.Errorf("list of %s: more than %d pages", what, maxPages)
+	}
+	p.last = link
 	return nil
 }
 

@@ -2,7 +2,9 @@ package drift_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"runtime"
 	"slices"
@@ -259,4 +261,36 @@ func atoi(s string) int {
 		n = n*10 + int(c-'0')
 	}
 	return n
+}
+
+// A hostile Graph: a next link to another host, and one that repeats for ever. Neither
+// sends the token elsewhere nor holds the scan.
+func TestScanHostilePaging(t *testing.T) {
+	for name, link := range map[string]func(srv *graphtest.Server, r *http.Request) string{
+		"elsewhere": func(*graphtest.Server, *http.Request) string { return "https://evil.example/v1.0/groups?$skiptoken=1" },
+		"repeating": func(srv *graphtest.Server, r *http.Request) string { return srv.URL + r.URL.Path + "?$skiptoken=1" },
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := tenant(t, graphtest.Options{StrictStore: true})
+			srv.SetInterceptor(func(w http.ResponseWriter, r *http.Request) bool {
+				if !strings.HasSuffix(r.URL.Path, "/members") {
+					return false
+				}
+				w.Header().Set("Content-Type", "application/json")
+				_ = json.NewEncoder(w).Encode(map[string]any{"value": []any{}, "@odata.nextLink": link(srv, r)})
+				return true
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			_, _, err := drift.New(drift.Config{Reader: client(t, srv)}).Run(ctx)
+			if err == nil || ctx.Err() != nil {
+				t.Fatalf("err %v (context %v): want the scan to stop with an error", err, ctx.Err())
+			}
+			for _, c := range srv.Calls() {
+				if strings.Contains(c.Path, "evil") {
+					t.Errorf("called %s", c.Path)
+				}
+			}
+		})
+	}
 }
