@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -38,13 +39,21 @@ type Cell struct {
 	CompletedPerCall float64 `json:"completedPerCall"`
 }
 
-// RunGrid runs every cell with cfg (the worker's defaults unless the caller changed them),
+// CellName names a cell as --grid-only takes it: "20/50ms/3" (R, latency, replicas).
+func CellName(r float64, lat time.Duration, replicas int) string {
+	return fmt.Sprintf("%g/%s/%d", r, lat, replicas)
+}
+
+// RunGrid runs every cell (or those named in only) with cfg (the worker's defaults unless the caller changed them),
 // each for cell long, and reports each cell to progress as it ends.
-func RunGrid(ctx context.Context, cfg config.Config, cell time.Duration, log *slog.Logger, stderr io.Writer, progress func(Cell)) ([]Cell, error) {
+func RunGrid(ctx context.Context, cfg config.Config, cell time.Duration, only []string, log *slog.Logger, stderr io.Writer, progress func(Cell)) ([]Cell, error) {
 	var cells []Cell
 	for _, replicas := range GridReplicas {
 		for _, lat := range GridLatencies {
 			for _, r := range GridRates {
+				if len(only) > 0 && !slices.Contains(only, CellName(r, lat, replicas)) {
+					continue
+				}
 				if ctx.Err() != nil {
 					return cells, ctx.Err()
 				}

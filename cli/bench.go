@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/reprocessor/reprocessor/bench"
@@ -44,6 +45,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	fs.IntVar(&nRounds, "rounds", 1, "run the whole bench this many times, each on a fresh NATS server and simulated Graph, and sum up the worker's ratios to the bare pipelines by their median: on a shared machine one round's ratio swings by a fifth")
 	grid := fs.Bool("grid", false, "run the grid instead: R of 20, 200 and 1000 calls/s x latency of 50 ms, 300 ms and 1 s x 1 and 3 replicas, with the worker's settings as given (its defaults unless set), each cell --cell-duration long")
 	cellDuration := fs.Duration("cell-duration", 60*time.Second, "with --grid: how long each cell runs")
+	gridOnly := fs.String("grid-only", "", `with --grid: only these cells, e.g. "20/50ms/3,20/1s/3" (R/latency/replicas)`)
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (workers, NATS, simulated Graph) to this file")
 	load := config.Bind(fs, bench.Env(getenv))
 	if err := fs.Parse(args); err != nil {
@@ -77,7 +79,11 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 		defer pprof.StopCPUProfile()
 	}
 	if *grid {
-		return benchGrid(ctx, cfg, *cellDuration, asJSON, log, stdout, stderr)
+		var only []string
+		if *gridOnly != "" {
+			only = strings.Split(*gridOnly, ",")
+		}
+		return benchGrid(ctx, cfg, *cellDuration, only, asJSON, log, stdout, stderr)
 	}
 	var rounds bench.Rounds
 	for i := range nRounds {
@@ -107,7 +113,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 }
 
 // benchGrid runs bench --grid and prints a line per cell as it ends, or the cells as JSON.
-func benchGrid(ctx context.Context, cfg config.Config, cell time.Duration, asJSON bool, log *slog.Logger, stdout, stderr io.Writer) int {
+func benchGrid(ctx context.Context, cfg config.Config, cell time.Duration, only []string, asJSON bool, log *slog.Logger, stdout, stderr io.Writer) int {
 	if cell < 10*time.Second {
 		fmt.Fprintln(stderr, "reprocessor bench: --cell-duration must be at least 10s, for the rate to converge")
 		return exitUsage
@@ -116,7 +122,7 @@ func benchGrid(ctx context.Context, cfg config.Config, cell time.Duration, asJSO
 		fmt.Fprintf(stdout, "concurrency at most %d, rate %s (ceiling %g), each cell %s\n", cfg.Concurrency, rateText(cfg), cfg.RateCeiling, cell)
 		fmt.Fprintln(stdout, bench.GridHeader)
 	}
-	cells, err := bench.RunGrid(ctx, cfg, cell, log, stderr, func(c bench.Cell) {
+	cells, err := bench.RunGrid(ctx, cfg, cell, only, log, stderr, func(c bench.Cell) {
 		if !asJSON {
 			fmt.Fprintln(stdout, c.Line())
 		}
