@@ -11,6 +11,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/reprocessor/reprocessor/worker"
 )
 
 // TestDemo runs the demo as a user would, with nothing configured, until its sample ids
@@ -24,7 +28,26 @@ func TestDemo(t *testing.T) {
 	env := env{"REPROCESSOR_HTTP_ADDR": "127.0.0.1:0"}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	code := Main(ctx, []string{"demo", "--ids", "25", "--per-second", "50"}, env.get, &out, &errOut)
+	// Every event the demo publishes is collected from its NATS and checked against
+	// schemas/events.
+	var events eventCollector
+	done := make(chan int, 1)
+	go func() { done <- Main(ctx, []string{"demo", "--ids", "25", "--per-second", "50"}, env.get, &out, &errOut) }()
+	natsURL := regexp.MustCompile(`embedded NATS at (nats://127\.0\.0\.1:\d+)`)
+	waitUntil(t, "the demo's NATS", time.Minute, func() bool { return natsURL.MatchString(out.String()) })
+	nc, err := nats.Connect(natsURL.FindStringSubmatch(out.String())[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := nc.Subscribe("entitlement.reprocess.events.>", func(m *nats.Msg) { events.add(m.Data) }); err != nil {
+		t.Fatal(err)
+	}
+	code := <-done
+	kinds := checkEvents(t, events.all(), "urn:reprocessor:entitlement.reprocess")
+	if kinds[worker.KindAccepted] == 0 || kinds[worker.KindStateChanged] == 0 || kinds[worker.KindRejected] == 0 {
+		t.Errorf("events heard from the demo: %v; want accepted, rejected and state_changed among them", kinds)
+	}
 	if code != exitOK {
 		t.Fatalf("demo exited %d\n%s\n%s", code, out.String(), errOut.String())
 	}

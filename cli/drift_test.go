@@ -97,6 +97,15 @@ func TestDriftEnqueueHealsAndRescanFindsNone(t *testing.T) {
 			t.Errorf("accepted event reason %q: want what was missing", e.Data.Reason)
 		}
 	}
+	// Every event of the heal, state_changed with restored and missing included, matches
+	// the schema its dataschema names.
+	var raw [][]byte
+	for _, m := range sys.streamMessages("REPROCESS_EVENTS") {
+		raw = append(raw, m.Data())
+	}
+	if kinds := checkEvents(t, raw, "urn:reprocessor:entitlement.reprocess"); kinds[worker.KindStateChanged] == 0 {
+		t.Errorf("events %v: want state_changed among them", kinds)
+	}
 	code, out, errOut = sys.drift(context.Background(), nil)
 	if code != exitOK || !strings.Contains(out, " 0 drifted") {
 		t.Errorf("re-scan: exit %d, want 0 and nothing drifted\n%s\n%s", code, out, errOut)

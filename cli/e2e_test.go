@@ -37,7 +37,7 @@ func TestAccepts500(t *testing.T) {
 	seen := map[string]bool{}
 	for _, e := range evs {
 		seen[e.Subject] = true
-		if e.SpecVersion != "1.0" || e.Source != "reprocessor/test" || e.Type != "entitlement.reprocess.accepted" ||
+		if e.SpecVersion != "1.0" || (e.Source != "urn:reprocessor:entitlement.reprocess" || e.Instance != "test") || e.Type != "entitlement.reprocess.accepted" ||
 			e.DataContentType != "application/json" || e.Data.AssignmentID != e.Subject || e.Data.HTTPStatus != 202 ||
 			e.Data.Attempts != 1 || e.Data.GraphRequestID == "" || e.Data.ClientRequestID == "" ||
 			e.Data.RequestedAt.IsZero() || e.Data.CompletedAt.Before(e.Data.RequestedAt) {

@@ -122,7 +122,7 @@ func TestStateTrackingLifecycles(t *testing.T) {
 		checkHistory(t, lc.name, h[all[i]], lc.want)
 	}
 	for _, e := range h[all[0]] {
-		if e.Data.CorrelationID != "" || e.Data.RequestedAt.IsZero() || e.Source != "reprocessor/test" || e.Data.HTTPStatus != 200 || e.Data.Status == "" {
+		if e.Data.CorrelationID != "" || e.Data.RequestedAt.IsZero() || (e.Source != "urn:reprocessor:entitlement.reprocess" || e.Instance != "test") || e.Data.HTTPStatus != 200 || e.Data.Status == "" {
 			t.Fatalf("malformed state_changed event %+v", e)
 		}
 	}

@@ -91,7 +91,8 @@ type Config struct {
 	DataDir         string // the embedded NATS server's store
 	EmbeddedAddr    string // the embedded NATS server's listen address
 	ShutdownTimeout time.Duration
-	Instance        string // names this process in the CloudEvent source "reprocessor/<instance>"
+	Instance        string // names this process: the events' "instance" attribute, the NATS connection
+	EventSource     string // the events' CloudEvents source: the deployment; default urn:reprocessor:<subject prefix>
 }
 
 // Defaults returns the default of every setting; GraphURL and Instance are derived when
@@ -237,6 +238,9 @@ func (c *Config) fillDerived(hostname func() (string, error)) {
 	c.GraphURL = strings.TrimRight(c.GraphURL, "/")
 	if c.GraphURL == "" {
 		c.GraphURL, _ = cloudGraphURL(c.Cloud)
+	}
+	if c.EventSource == "" {
+		c.EventSource = "urn:reprocessor:" + c.SubjectPrefix
 	}
 	if c.Instance == "" {
 		h, err := hostname()
@@ -513,6 +517,9 @@ func (c Config) problems() []error {
 	if c.NATSURL == "" && c.DataDir == "" {
 		bad("REPROCESSOR_DATA_DIR", "must be set when NATS_URL is not")
 	}
+	if !validEventSource(c.EventSource) && validSubjectPrefix(c.SubjectPrefix) {
+		bad("REPROCESSOR_EVENT_SOURCE", "must be a URI reference of at most 256 printable ASCII characters without spaces, got %q", c.EventSource)
+	}
 	if !validInstance(c.Instance) {
 		bad("REPROCESSOR_INSTANCE", "must be letters, digits, '.', '-', '_' or ':', got %q", c.Instance)
 	}
@@ -593,6 +600,21 @@ func validListenAddr(a string) bool {
 	}
 	n, err := strconv.Atoi(port)
 	return err == nil && n >= 0 && n <= 65535
+}
+
+// validEventSource reports whether s can be a CloudEvents source: a non-empty URI
+// reference (RFC 3986), here of printable ASCII without spaces.
+func validEventSource(s string) bool {
+	if s == "" || len(s) > 256 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= 0x20 || s[i] >= 0x7f || strings.IndexByte(`"<>\^{|}`+"`", s[i]) >= 0 {
+			return false
+		}
+	}
+	_, err := url.Parse(s)
+	return err == nil
 }
 
 // validInstance reports whether s can name the instance in a CloudEvent source.
@@ -697,7 +719,8 @@ func (c *Config) settings() []setting {
 		{env: "REPROCESSOR_DATA_DIR", help: "store of the embedded NATS server", value: (*stringValue)(&c.DataDir)},
 		{env: "REPROCESSOR_EMBEDDED_ADDR", help: "listen address of the embedded NATS server", value: (*stringValue)(&c.EmbeddedAddr)},
 		{env: "REPROCESSOR_SHUTDOWN_TIMEOUT", help: "time allowed to finish in-flight work on shutdown", value: (*durationValue)(&c.ShutdownTimeout)},
-		{env: "REPROCESSOR_INSTANCE", help: `this process in the event source "reprocessor/<instance>"`, def: "host name", value: (*stringValue)(&c.Instance)},
+		{env: "REPROCESSOR_INSTANCE", help: `this process: the events' "instance" attribute and the NATS connection name`, def: "host name", value: (*stringValue)(&c.Instance)},
+		{env: "REPROCESSOR_EVENT_SOURCE", help: "the events' CloudEvents source, naming the deployment (a URI reference)", def: "urn:reprocessor:<subject prefix>", value: (*stringValue)(&c.EventSource)},
 	}
 }
 

@@ -71,6 +71,7 @@ func TestLoadWithNothingSet(t *testing.T) {
 	}
 	want := Defaults()
 	want.GraphURL, want.Instance = "https://graph.microsoft.com", "test-1"
+	want.EventSource = "urn:reprocessor:entitlement.reprocess"
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("defaults:\n got %s\nwant %s", cfg, want)
 	}
@@ -163,6 +164,7 @@ func TestLoadConfigEveryVariable(t *testing.T) {
 		EmbeddedAddr:            "127.0.0.1:14222",
 		ShutdownTimeout:         time.Minute,
 		Instance:                "worker-7",
+		EventSource:             "https://acme.example/reprocessor/prod",
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		// Secrets stay out of the failure message too: compare field by field.

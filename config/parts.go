@@ -10,7 +10,7 @@ import (
 )
 
 // Source is the CloudEvents source of this process's events.
-func (c Config) Source() string { return "reprocessor/" + c.Instance }
+func (c Config) Source() string { return c.EventSource }
 
 // Queue returns the configuration of the streams and consumers.
 func (c Config) Queue() queue.Config {
@@ -33,6 +33,7 @@ func (c Config) Worker(log *slog.Logger) worker.Config {
 	}
 	return worker.Config{
 		Source:           c.Source(),
+		Instance:         c.Instance,
 		Concurrency:      c.Concurrency,
 		MaxDeliver:       c.MaxDeliver,
 		DeliveryBudget:   c.DeliveryBudget,

@@ -117,7 +117,7 @@ func (v *ResourceVerifier) CheckResources(ctx context.Context, id string, seen w
 			for _, x := range page.Assignments {
 				apps[[2]string{x.ResourceID, x.AppRoleID}] = true
 			}
-			if page.NextLink == next || len(apps) > maxPrincipalHoldings {
+			if page.NextLink != "" && page.NextLink == next || len(apps) > maxPrincipalHoldings {
 				return worker.ResourceCheck{Unchecked: true}, adaptOK(res), nil // a Graph that pages for ever
 			}
 			if next = page.NextLink; next == "" {
@@ -162,7 +162,7 @@ func (v *ResourceVerifier) ids(ctx context.Context, principal string, sp, owned 
 		for _, id := range page.IDs {
 			out[id] = true
 		}
-		if page.NextLink == next || len(out) > maxPrincipalHoldings {
+		if page.NextLink != "" && page.NextLink == next || len(out) > maxPrincipalHoldings {
 			return nil, res, fmt.Errorf("%w: %s of %s: the pages do not end", ErrDecode, "memberships", principal)
 		}
 		if next = page.NextLink; next == "" {

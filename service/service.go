@@ -95,7 +95,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, getenv func(s
 	}
 	cc := queue.ConnConfigFromEnv(getenv)
 	cc.URL = natsURL
-	cc.Name = cfg.Source()
+	cc.Name = "reprocessor/" + cfg.Instance
 	cc.OnAckRefused = ready.ackRefused
 	nc, err := queue.Connect(ctx, cc, log)
 	if err != nil {

@@ -11,7 +11,8 @@ import (
 
 // Config tunes the worker. The zero value of each field means its default.
 type Config struct {
-	Source           string        // the CloudEvent source, "reprocessor/<instance>"
+	Source           string        // the CloudEvent source: the deployment, e.g. "urn:reprocessor:entitlement.reprocess"
+	Instance         string        // the replica, in the events' "instance" extension attribute
 	Concurrency      int           // the most messages worked at once (Deps.Concurrency may hold fewer); default 2048
 	MaxDeliver       int           // deliveries before a retryable failure ends retries_exhausted; default 5
 	DeliveryBudget   time.Duration // time one delivery may spend retrying in process before it is nak'd; default 1m

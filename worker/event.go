@@ -66,8 +66,17 @@ type Event struct {
 	Subject         string    `json:"subject,omitempty"`
 	Time            time.Time `json:"time"`
 	DataContentType string    `json:"datacontenttype"`
+	DataSchema      string    `json:"dataschema,omitempty"`
+	Instance        string    `json:"instance,omitempty"` // extension attribute: the replica that published it
 	Data            EventData `json:"data"`
 }
+
+// SchemaBase is where the JSON Schemas of the events' data are published (the repository's
+// schemas/events/), one per kind: SchemaBase + "<kind>.v1.json".
+const SchemaBase = "https://raw.githubusercontent.com/reprocessor/reprocessor/main/schemas/events/"
+
+// DataSchema is the dataschema of an event of kind.
+func DataSchema(kind string) string { return SchemaBase + kind + ".v1.json" }
 
 // EventData is an event's data, in camelCase.
 type EventData struct {

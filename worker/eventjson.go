@@ -33,6 +33,12 @@ func (e *Event) appendJSON(dst []byte) ([]byte, error) {
 		return dst, err
 	}
 	b = appendField(b, "datacontenttype", e.DataContentType)
+	if e.DataSchema != "" {
+		b = appendField(b, "dataschema", e.DataSchema)
+	}
+	if e.Instance != "" {
+		b = appendField(b, "instance", e.Instance)
+	}
 	if b, err = e.Data.appendJSON(append(b, `,"data":`...)); err != nil {
 		return dst, err
 	}

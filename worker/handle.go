@@ -401,6 +401,8 @@ func (w *Worker) event(d Delivery, req Request, res result, now time.Time) *Even
 		SpecVersion:     "1.0",
 		ID:              OutcomeEventID(d),
 		Source:          w.cfg.Source,
+		Instance:        w.cfg.Instance,
+		DataSchema:      DataSchema(res.kind),
 		Type:            TypePrefix + res.kind,
 		Subject:         req.ID,
 		Time:            now.UTC(),

@@ -411,6 +411,8 @@ func (w *Worker) stateEvent(c *Check, n, state, status string, isSettled bool, r
 		SpecVersion:     "1.0",
 		ID:              c.ref() + "-" + KindStateChanged + "-" + n,
 		Source:          w.cfg.Source,
+		Instance:        w.cfg.Instance,
+		DataSchema:      DataSchema(KindStateChanged),
 		Type:            TypePrefix + KindStateChanged,
 		Subject:         c.AssignmentID,
 		Time:            now.UTC(),
