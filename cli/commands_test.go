@@ -32,7 +32,9 @@ func TestDemo(t *testing.T) {
 	// schemas/events.
 	var events eventCollector
 	done := make(chan int, 1)
-	go func() { done <- Main(ctx, []string{"demo", "--ids", "25", "--per-second", "50"}, env.get, &out, &errOut) }()
+	go func() {
+		done <- Main(ctx, []string{"demo", "--ids", "25", "--per-second", "50"}, env.get, &out, &errOut)
+	}()
 	natsURL := regexp.MustCompile(`embedded NATS at (nats://127\.0\.0\.1:\d+)`)
 	waitUntil(t, "the demo's NATS", time.Minute, func() bool { return natsURL.MatchString(out.String()) })
 	nc, err := nats.Connect(natsURL.FindStringSubmatch(out.String())[1])
