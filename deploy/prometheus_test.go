@@ -255,7 +255,7 @@ func substitute(t *testing.T, expr string) string {
 	t.Helper()
 	r := strings.NewReplacer(
 		"$__rate_interval", "10s",
-		"${instance}", ".*", "$instance", ".*",
+		"${instance}", ".+", "$instance", ".+", "${job}", ".+", "$job", ".+",
 	)
 	out := r.Replace(expr)
 	if strings.Contains(out, "$") {
@@ -586,5 +586,83 @@ scrape_configs:
 	}
 	if want := len(alertQueries(t)); loaded != want {
 		t.Errorf("Prometheus loaded %d rules, want %d", loaded, want)
+	}
+}
+
+// TestDashboardLinterRules holds the dashboard to the rules of Grafana's dashboard linter
+// (grafana/dashboard-linter): a datasource variable, job and instance variables that are
+// Prometheus label_values queries with "All" meaning ".+", every target selecting
+// job=~"$job" and instance=~"$instance", and rates over $__rate_interval.
+func TestDashboardLinterRules(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile("grafana/reprocessor.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Templating struct {
+			List []struct {
+				Name       string `json:"name"`
+				Type       string `json:"type"`
+				Query      any    `json:"query"`
+				Definition string `json:"definition"`
+				Datasource struct {
+					UID string `json:"uid"`
+				} `json:"datasource"`
+				Multi      bool   `json:"multi"`
+				IncludeAll bool   `json:"includeAll"`
+				AllValue   string `json:"allValue"`
+				Refresh    int    `json:"refresh"`
+			} `json:"list"`
+		} `json:"templating"`
+	}
+	if err := json.Unmarshal(data, &d); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, v := range d.Templating.List {
+		seen[v.Name] = true
+		switch v.Name {
+		case "datasource":
+			if v.Type != "datasource" {
+				t.Errorf("variable datasource is of type %q, want datasource", v.Type)
+			}
+		case "job", "instance":
+			switch {
+			case v.Type != "query" || v.Datasource.UID != "${datasource}":
+				t.Errorf("variable %s: want a query on ${datasource}", v.Name)
+			case !strings.HasPrefix(v.Definition, "label_values(") || !strings.HasSuffix(v.Definition, ", "+v.Name+")"):
+				t.Errorf("variable %s: definition %q is not label_values(..., %s)", v.Name, v.Definition, v.Name)
+			case !v.Multi || !v.IncludeAll || v.AllValue != ".+":
+				t.Errorf("variable %s: want multi, includeAll and allValue \".+\" (got %v %v %q)", v.Name, v.Multi, v.IncludeAll, v.AllValue)
+			case v.Refresh != 2:
+				t.Errorf("variable %s: refresh %d, want 2 (on time range change)", v.Name, v.Refresh)
+			}
+		}
+	}
+	for _, name := range []string{"datasource", "job", "instance"} {
+		if !seen[name] {
+			t.Errorf("the dashboard has no %s variable", name)
+		}
+	}
+	queries, _ := readDashboard(t)
+	selector := regexp.MustCompile(`([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?`)
+	for _, q := range queries {
+		if strings.HasPrefix(q.name, "variable ") {
+			continue
+		}
+		for _, name := range metricNames(q.expr) {
+			for _, m := range selector.FindAllStringSubmatch(q.expr, -1) {
+				if m[1] != name {
+					continue
+				}
+				if !strings.Contains(m[2], `job=~"$job"`) || !strings.Contains(m[2], `instance=~"$instance"`) {
+					t.Errorf("%s: %s%s lacks job=~\"$job\" or instance=~\"$instance\"", q.name, m[1], m[2])
+				}
+			}
+		}
+		if regexp.MustCompile(`\b(rate|increase|irate|deriv)\([^)]*\[[0-9]`).MatchString(q.expr) {
+			t.Errorf("%s: a range of fixed length; use $__rate_interval", q.name)
+		}
 	}
 }
