@@ -12,6 +12,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -88,6 +89,7 @@ type manifests struct {
 	services        []corev1.Service
 	deployments     []appsv1.Deployment
 	pdbs            []policyv1.PodDisruptionBudget
+	netpols         []networkingv1.NetworkPolicy
 	serviceMonitors []serviceMonitor
 	podMonitors     []podMonitor
 	prometheusRules []prometheusRule
@@ -136,6 +138,8 @@ func build(t *testing.T, dir string) manifests {
 			add(t, &m.services, data, id)
 		case "apps/v1/Deployment":
 			add(t, &m.deployments, data, id)
+		case "networking.k8s.io/v1/NetworkPolicy":
+			add(t, &m.netpols, data, id)
 		case "policy/v1/PodDisruptionBudget":
 			add(t, &m.pdbs, data, id)
 		case "monitoring.coreos.com/v1/ServiceMonitor":
@@ -261,6 +265,17 @@ func checkBase(t *testing.T, m manifests) {
 			t.Errorf("the ServiceMonitor scrapes port %q, which the Service does not name", ep.Port)
 		}
 	}
+	checkNetworkPolicy(t, m, pod.Labels)
+	for _, d := range m.deployments {
+		for _, c := range d.Spec.Template.Spec.Containers {
+			if _, ok := c.Resources.Requests["ephemeral-storage"]; !ok {
+				t.Errorf("%s/%s: no ephemeral-storage request", d.Name, c.Name)
+			}
+			if _, ok := c.Resources.Limits["ephemeral-storage"]; !ok {
+				t.Errorf("%s/%s: no ephemeral-storage limit", d.Name, c.Name)
+			}
+		}
+	}
 	if !reflect.DeepEqual(m.prometheusRules[0].Spec, readRules(t)) {
 		t.Error("the PrometheusRule differs from prometheus/alerts.yml")
 	}
@@ -358,6 +373,7 @@ func TestKustomizeDriftScanner(t *testing.T) {
 		t.Errorf("reprocessor drift --help does not name --every:\n%s", out)
 	}
 	sel := labels.Set(scanner.Spec.Template.Labels)
+	checkNetworkPolicy(t, m, scanner.Spec.Template.Labels)
 	if len(m.podMonitors) != 1 {
 		t.Fatalf("want a PodMonitor for the scanner, got %d", len(m.podMonitors))
 	}
@@ -367,6 +383,35 @@ func TestKustomizeDriftScanner(t *testing.T) {
 	for _, d := range m.deployments {
 		if d.Name != scanner.Name && labels.SelectorFromSet(d.Spec.Selector.MatchLabels).Matches(sel) {
 			t.Errorf("Deployment %s's selector matches the scanner's pods", d.Name)
+		}
+	}
+}
+
+// checkNetworkPolicy: the worker's pods are selected; ingress reaches the metrics port
+// only; egress reaches NATS (4222), HTTPS (443: Graph and the authority) and DNS.
+func checkNetworkPolicy(t *testing.T, m manifests, pod map[string]string) {
+	t.Helper()
+	var np *networkingv1.NetworkPolicySpec
+	for i := range m.netpols {
+		if sel, err := metav1.LabelSelectorAsSelector(&m.netpols[i].Spec.PodSelector); err == nil && sel.Matches(labels.Set(pod)) {
+			np = &m.netpols[i].Spec
+		}
+	}
+	if np == nil {
+		t.Fatalf("no NetworkPolicy selects the pods %v", pod)
+	}
+	if len(np.Ingress) != 1 || len(np.Ingress[0].Ports) != 1 || np.Ingress[0].Ports[0].Port.String() != "metrics" {
+		t.Errorf("ingress %+v: want the metrics port alone", np.Ingress)
+	}
+	egress := map[string]bool{}
+	for _, r := range np.Egress {
+		for _, p := range r.Ports {
+			egress[p.Port.String()+"/"+string(*p.Protocol)] = true
+		}
+	}
+	for _, want := range []string{"4222/TCP", "443/TCP", "53/UDP", "53/TCP"} {
+		if !egress[want] {
+			t.Errorf("egress lacks %s (have %v)", want, egress)
 		}
 	}
 }
