@@ -11,6 +11,7 @@ import (
 	"io"
 
 	"github.com/reprocessor/reprocessor/config"
+	"github.com/reprocessor/reprocessor/graph"
 	"github.com/reprocessor/reprocessor/logging"
 	"github.com/reprocessor/reprocessor/service"
 	"github.com/reprocessor/reprocessor/version"
@@ -126,6 +127,12 @@ func cmdCheckConfig(args []string, getenv func(string) string, stdout, stderr io
 	if !ok {
 		return exitUsage
 	}
+	cred, err := graph.WouldUse(getenv, cfg.Credential)
+	if err != nil {
+		fmt.Fprintf(stderr, "reprocessor check-config: %v\n", err)
+		return exitUsage
+	}
+	fmt.Fprintf(stdout, "graph credential: %s\n", cred)
 	fmt.Fprintln(stdout, "configuration is valid")
 	return exitOK
 }

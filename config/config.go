@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -92,6 +93,7 @@ type Config struct {
 	EmbeddedAddr    string // the embedded NATS server's listen address
 	ShutdownTimeout time.Duration
 	Instance        string // names this process: the events' "instance" attribute, the NATS connection
+	Credential      string // REPROCESSOR_CREDENTIAL: auto (the AZURE_* variables decide), azure-cli, azd, developer
 	EventSource     string // the events' CloudEvents source: the deployment; default urn:reprocessor:<subject prefix>
 }
 
@@ -102,6 +104,7 @@ func Defaults() Config {
 	w := worker.Defaults()
 	return Config{
 		Cloud:             "public",
+		Credential:        graph.LoginAuto,
 		GraphAPIVersion:   "v1.0",
 		GraphTimeout:      30 * time.Second,
 		SubjectPrefix:     queue.DefaultPrefix,
@@ -517,6 +520,9 @@ func (c Config) problems() []error {
 	if c.NATSURL == "" && c.DataDir == "" {
 		bad("REPROCESSOR_DATA_DIR", "must be set when NATS_URL is not")
 	}
+	if !slices.Contains(graph.Logins, c.Credential) {
+		bad("REPROCESSOR_CREDENTIAL", "valid values are %s, got %q", strings.Join(graph.Logins, ", "), c.Credential)
+	}
 	if !validEventSource(c.EventSource) && validSubjectPrefix(c.SubjectPrefix) {
 		bad("REPROCESSOR_EVENT_SOURCE", "must be a URI reference of at most 256 printable ASCII characters without spaces, got %q", c.EventSource)
 	}
@@ -720,6 +726,7 @@ func (c *Config) settings() []setting {
 		{env: "REPROCESSOR_EMBEDDED_ADDR", help: "listen address of the embedded NATS server", value: (*stringValue)(&c.EmbeddedAddr)},
 		{env: "REPROCESSOR_SHUTDOWN_TIMEOUT", help: "time allowed to finish in-flight work on shutdown", value: (*durationValue)(&c.ShutdownTimeout)},
 		{env: "REPROCESSOR_INSTANCE", help: `this process: the events' "instance" attribute and the NATS connection name`, def: "host name", value: (*stringValue)(&c.Instance)},
+		{env: "REPROCESSOR_CREDENTIAL", help: "Graph credential: auto (AZURE_* decide), or a developer's own login: azure-cli, azd, developer (az then azd); never inside Kubernetes", value: (*stringValue)(&c.Credential)},
 		{env: "REPROCESSOR_EVENT_SOURCE", help: "the events' CloudEvents source, naming the deployment (a URI reference)", def: "urn:reprocessor:<subject prefix>", value: (*stringValue)(&c.EventSource)},
 	}
 }

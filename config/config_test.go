@@ -165,6 +165,7 @@ func TestLoadConfigEveryVariable(t *testing.T) {
 		ShutdownTimeout:         time.Minute,
 		Instance:                "worker-7",
 		EventSource:             "https://acme.example/reprocessor/prod",
+		Credential:              "developer",
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		// Secrets stay out of the failure message too: compare field by field.

@@ -63,5 +63,5 @@ func (c Config) Backoff() worker.Backoff {
 // Graph returns where Graph is, for graph.Open; the caller adds its HTTP client, observer,
 // logger and token callback.
 func (c Config) Graph() graph.SessionConfig {
-	return graph.SessionConfig{Cloud: c.Cloud, GraphURL: c.GraphURL, APIVersion: c.GraphAPIVersion, Timeout: c.GraphTimeout}
+	return graph.SessionConfig{Cloud: c.Cloud, GraphURL: c.GraphURL, APIVersion: c.GraphAPIVersion, Timeout: c.GraphTimeout, Login: c.Credential}
 }

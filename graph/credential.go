@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -41,7 +42,22 @@ const (
 	KindClientCertificate = "client certificate"
 	KindWorkloadIdentity  = "workload identity"
 	KindManagedIdentity   = "managed identity"
+	KindAzureCLI          = "Azure CLI (az login)"
+	KindAzureDeveloperCLI = "Azure Developer CLI (azd auth login)"
+	KindDeveloper         = "developer login (az, then azd)"
 )
+
+// Developer logins, chosen only by REPROCESSOR_CREDENTIAL (CredentialOptions.Login): never
+// picked by the AZURE_* variables, and refused inside Kubernetes.
+const (
+	LoginAuto     = "auto"      // the AZURE_* variables decide (the default)
+	LoginAzureCLI = "azure-cli" // the developer's own "az login"
+	LoginAzd      = "azd"       // the developer's own "azd auth login"
+	LoginDev      = "developer" // az, then azd, as DefaultAzureCredential's last links
+)
+
+// Logins lists the values of CredentialOptions.Login.
+var Logins = []string{LoginAuto, LoginAzureCLI, LoginAzd, LoginDev}
 
 // maxRefreshMargin is how long before its expiry a token is replaced.
 const maxRefreshMargin = 5 * time.Minute
@@ -109,6 +125,8 @@ type CredentialOptions struct {
 	// MinBackoff and MaxBackoff bound the delay between failed token requests; defaults 1s
 	// and 1m.
 	MinBackoff, MaxBackoff time.Duration
+	// Login is one of Logins; "" is LoginAuto.
+	Login string
 }
 
 // Credential is a TokenSource backed by an azidentity credential chosen from the standard
@@ -189,7 +207,19 @@ func NewCredential(env func(string) string, c Cloud, opts CredentialOptions) (*C
 		}
 		return nil
 	}
-	switch {
+	switch login := cmp.Or(opts.Login, LoginAuto); {
+	case login != LoginAuto:
+		if err := developerLoginAllowed(env, login); err != nil {
+			return nil, err
+		}
+		cr.kind = KindAzureCLI
+		switch login {
+		case LoginAzd:
+			cr.kind = KindAzureDeveloperCLI
+		case LoginDev:
+			cr.kind = KindDeveloper
+		}
+		cr.newCred = func() (azcore.TokenCredential, error) { return developerCredential(login, tenant) }
 	case env(EnvClientSecret) != "":
 		cr.kind = KindClientSecret
 		secret := env(EnvClientSecret)
@@ -235,7 +265,7 @@ func NewCredential(env func(string) string, c Cloud, opts CredentialOptions) (*C
 		}
 		cr.newCred = func() (azcore.TokenCredential, error) { return azidentity.NewManagedIdentityCredential(miOpts) }
 	}
-	if cr.kind != KindManagedIdentity {
+	if cr.kind == KindClientSecret || cr.kind == KindClientCertificate || cr.kind == KindWorkloadIdentity {
 		if err := needIDs(); err != nil {
 			return nil, err
 		}
@@ -249,6 +279,61 @@ func NewCredential(env func(string) string, c Cloud, opts CredentialOptions) (*C
 		backoff.WithMaxElapsedTime(0),
 	)
 	return cr, nil
+}
+
+// developerLoginAllowed refuses a developer login where it has no place: inside
+// Kubernetes, a pod must use workload or managed identity, never whatever "az" finds.
+func developerLoginAllowed(env func(string) string, login string) error {
+	if !slices.Contains(Logins, login) {
+		return fmt.Errorf("credential: REPROCESSOR_CREDENTIAL %q: valid values are %s", login, strings.Join(Logins, ", "))
+	}
+	if env("KUBERNETES_SERVICE_HOST") != "" {
+		return fmt.Errorf("credential: REPROCESSOR_CREDENTIAL=%s is a developer's own login; inside Kubernetes (KUBERNETES_SERVICE_HOST is set) use workload identity (AZURE_FEDERATED_TOKEN_FILE) or managed identity", login)
+	}
+	return nil
+}
+
+// developerCredential is the Azure CLI's, azd's, or the one then the other. tenant, when
+// set, is the tenant asked for (AZURE_TENANT_ID).
+func developerCredential(login, tenant string) (azcore.TokenCredential, error) {
+	var creds []azcore.TokenCredential
+	if login == LoginAzureCLI || login == LoginDev {
+		c, err := azidentity.NewAzureCLICredential(&azidentity.AzureCLICredentialOptions{TenantID: tenant})
+		if err != nil {
+			return nil, err
+		}
+		creds = append(creds, c)
+	}
+	if login == LoginAzd || login == LoginDev {
+		c, err := azidentity.NewAzureDeveloperCLICredential(&azidentity.AzureDeveloperCLICredentialOptions{TenantID: tenant})
+		if err != nil {
+			return nil, err
+		}
+		creds = append(creds, c)
+	}
+	if len(creds) == 1 {
+		return creds[0], nil
+	}
+	return azidentity.NewChainedTokenCredential(creds, nil)
+}
+
+// WouldUse says which credential NewCredential would build from env and login, and from
+// which variables, without building it (for check-config).
+func WouldUse(env func(string) string, login string) (string, error) {
+	switch login = cmp.Or(login, LoginAuto); {
+	case login != LoginAuto:
+		if err := developerLoginAllowed(env, login); err != nil {
+			return "", err
+		}
+		return map[string]string{LoginAzureCLI: KindAzureCLI, LoginAzd: KindAzureDeveloperCLI, LoginDev: KindDeveloper}[login] + " (REPROCESSOR_CREDENTIAL=" + login + ")", nil
+	case env(EnvClientSecret) != "":
+		return KindClientSecret + " (" + EnvClientSecret + ")", nil
+	case env(EnvCertificatePath) != "":
+		return KindClientCertificate + " (" + EnvCertificatePath + ")", nil
+	case env(EnvFederatedTokenFile) != "":
+		return KindWorkloadIdentity + " (" + EnvFederatedTokenFile + ")", nil
+	}
+	return KindManagedIdentity + " (no AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE)", nil
 }
 
 // Kind says which credential the variables chose: "client secret", "client certificate",

@@ -20,6 +20,7 @@ type SessionConfig struct {
 	Observe    func(operation, code string, d time.Duration)
 	Logger     *slog.Logger
 	OnReady    func() // called when a token is obtained while none was held; may be nil
+	Login      string // REPROCESSOR_CREDENTIAL: a developer login (Logins), or "" / auto
 }
 
 // Session is a Graph client and the credential that gives it tokens, which it keeps fresh
@@ -39,7 +40,7 @@ func Open(getenv func(string) string, cfg SessionConfig) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("REPROCESSOR_CLOUD: %w", err)
 	}
-	cred, err := NewCredential(getenv, cloud, CredentialOptions{GraphURL: cfg.GraphURL, HTTPClient: cfg.HTTPClient, Logger: cfg.Logger, OnReady: cfg.OnReady})
+	cred, err := NewCredential(getenv, cloud, CredentialOptions{GraphURL: cfg.GraphURL, HTTPClient: cfg.HTTPClient, Logger: cfg.Logger, OnReady: cfg.OnReady, Login: cfg.Login})
 	if err != nil {
 		return nil, fmt.Errorf("graph credential: %w", err)
 	}
