@@ -98,7 +98,7 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	up := make(chan service.Started, 1)
 	workerDone := make(chan error, 1)
 	go func() {
-		workerDone <- service.Run(ctx, cfg, log, env, service.Options{GraphHTTP: gt.Client(), Started: func(s service.Started) { up <- s }})
+		workerDone <- service.Run(ctx, cfg, log, env, service.Options{GraphHTTP: gt.Client(), Embedded: true, Started: func(s service.Started) { up <- s }})
 	}()
 	var s service.Started
 	select {

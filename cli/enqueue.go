@@ -364,9 +364,11 @@ func (e *enqueuer) run(ctx context.Context) int {
 
 // connect connects to NATS_URL, or to the embedded server of a local "reprocessor run".
 func (e *enqueuer) connect(ctx context.Context) (*nats.Conn, error) {
-	cc := queue.ConnConfigFromEnv(e.getenv)
-	cc.URL = e.cfg.NATSURL
-	if cc.URL == "" {
+	cc, from, err := queue.Resolve(e.getenv, e.cfg.NATSURL, e.cfg.NATSContext)
+	if err != nil {
+		return nil, err
+	}
+	if from == queue.FromNone {
 		cc.URL = "nats://" + e.cfg.EmbeddedAddr
 	}
 	cc.Name = "reprocessor-enqueue/" + e.cfg.Instance
@@ -379,8 +381,8 @@ func (e *enqueuer) connect(ctx context.Context) (*nats.Conn, error) {
 	nc, err := queue.Connect(cctx, cc, quiet)
 	if err != nil {
 		hint := ""
-		if e.cfg.NATSURL == "" {
-			hint = " (NATS_URL is not set: is \"reprocessor run\" running on this machine?)"
+		if from == queue.FromNone {
+			hint = " (no NATS_URL and no NATS context: is \"reprocessor run\" running on this machine?)"
 		}
 		return nil, fmt.Errorf("connect to NATS %s: %w%s", cc.Redacted(), err, hint)
 	}

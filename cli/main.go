@@ -12,6 +12,7 @@ import (
 
 	"github.com/reprocessor/reprocessor/config"
 	"github.com/reprocessor/reprocessor/graph"
+	"github.com/reprocessor/reprocessor/queue"
 	"github.com/reprocessor/reprocessor/logging"
 	"github.com/reprocessor/reprocessor/service"
 	"github.com/reprocessor/reprocessor/version"
@@ -133,6 +134,16 @@ func cmdCheckConfig(args []string, getenv func(string) string, stdout, stderr io
 		return exitUsage
 	}
 	fmt.Fprintf(stdout, "graph credential: %s\n", cred)
+	cc, from, err := queue.Resolve(getenv, cfg.NATSURL, cfg.NATSContext)
+	if err != nil {
+		fmt.Fprintf(stderr, "reprocessor check-config: %v\n", err)
+		return exitUsage
+	}
+	if from == queue.FromNone {
+		fmt.Fprintf(stdout, "nats: no NATS_URL and no NATS context: run starts an embedded server on %s\n", cfg.EmbeddedAddr)
+	} else {
+		fmt.Fprintf(stdout, "nats: %s: %s\n", queue.Describe(cc, from), cc.Redacted())
+	}
 	fmt.Fprintln(stdout, "configuration is valid")
 	return exitOK
 }

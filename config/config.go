@@ -36,6 +36,9 @@ type Config struct {
 	NATSUser     string // NATS_USER
 	NATSPassword string // NATS_PASSWORD, secret
 	NATSToken    string // NATS_TOKEN, secret
+	NATSJWT      string // NATS_JWT: a user JWT, with NATS_SEED
+	NATSSeed     string // NATS_SEED, secret
+	NATSContext  string // NATS_CONTEXT or --context: a NATS CLI context to connect with
 	NATSCA       string // NATS_CA, a CA certificate file
 	NATSCert     string // NATS_CERT, a client certificate file
 	NATSKey      string // NATS_KEY, the client certificate's key file
@@ -329,7 +332,7 @@ func (c Config) Environ() []string {
 // Secrets returns the secret values of the Config: passwords, tokens, client secrets and
 // the credentials inside URLs. Pass them to logging.New.
 func (c Config) Secrets() []string {
-	candidates := []string{c.NATSPassword, c.NATSToken, c.AzureClientSecret, c.AzureClientCertPassword}
+	candidates := []string{c.NATSPassword, c.NATSToken, c.NATSSeed, c.AzureClientSecret, c.AzureClientCertPassword}
 	for _, u := range []string{c.NATSURL, c.GraphURL, c.AzureAuthorityHost} {
 		candidates = append(candidates, urlSecrets(u)...)
 	}
@@ -455,7 +458,7 @@ func (c Config) problems() []error {
 	}
 	var natsAuth []string
 	for _, v := range []struct{ env, value string }{
-		{"NATS_CREDS", c.NATSCreds}, {"NATS_NKEY", c.NATSNKey}, {"NATS_USER", c.NATSUser}, {"NATS_TOKEN", c.NATSToken},
+		{"NATS_CREDS", c.NATSCreds}, {"NATS_NKEY", c.NATSNKey}, {"NATS_USER", c.NATSUser}, {"NATS_TOKEN", c.NATSToken}, {"NATS_JWT", c.NATSJWT},
 	} {
 		if v.value != "" {
 			natsAuth = append(natsAuth, v.env)
@@ -649,9 +652,12 @@ type setting struct {
 	value configValue
 }
 
-// flagName returns the setting's flag: the REPROCESSOR_ variables and NATS_URL have one,
+// flagName returns the setting's flag: the REPROCESSOR_ variables, NATS_URL and NATS_CONTEXT (--context) have one,
 // named in kebab case without the prefix; the others are read from the environment only.
 func (s setting) flagName() string {
+	if s.env == "NATS_CONTEXT" {
+		return "context" // as the NATS CLI names it
+	}
 	if s.env != "NATS_URL" && !strings.HasPrefix(s.env, envPrefix) {
 		return ""
 	}
@@ -675,6 +681,9 @@ func (c *Config) settings() []setting {
 		{env: "NATS_CA", help: "CA certificate file for NATS TLS", value: (*stringValue)(&c.NATSCA)},
 		{env: "NATS_CERT", help: "client certificate file for NATS TLS", value: (*stringValue)(&c.NATSCert)},
 		{env: "NATS_KEY", help: "client key file for NATS TLS", value: (*stringValue)(&c.NATSKey)},
+		{env: "NATS_JWT", help: "NATS user JWT (with NATS_SEED)", value: (*stringValue)(&c.NATSJWT)},
+		{env: "NATS_SEED", help: "NATS user nkey seed (secret, with NATS_JWT)", value: (*secretValue)(&c.NATSSeed)},
+		{env: "NATS_CONTEXT", help: "NATS CLI context to connect with (default: the one nats context select chose; NATS_URL, if set, wins)", value: (*stringValue)(&c.NATSContext)},
 
 		{env: "AZURE_TENANT_ID", help: "Entra tenant of the Graph application", value: (*stringValue)(&c.AzureTenantID)},
 		{env: "AZURE_CLIENT_ID", help: "application (client) id", value: (*stringValue)(&c.AzureClientID)},

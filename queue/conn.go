@@ -27,7 +27,14 @@ type ConnConfig struct {
 	CA       string // NATS_CA: a PEM file of CAs to trust
 	Cert     string // NATS_CERT: a PEM client certificate
 	Key      string // NATS_KEY: the client certificate's PEM key
+	JWT      string // NATS_JWT: a user JWT, with NATS_SEED
+	Seed     string // NATS_SEED: the user's nkey seed (secret), with NATS_JWT
 	Name     string // the connection name shown by the server
+
+	// Context, when set, is the NATS CLI context the settings come from: its options
+	// (authentication, TLS, inbox prefix) replace those of the fields above.
+	Context     string
+	contextOpts []nats.Option
 
 	// OnAckRefused, if set, is called when the server refuses an acknowledgement (a
 	// permissions violation for a publish to $JS.ACK): acks are not awaited, so this is
@@ -47,6 +54,8 @@ func ConnConfigFromEnv(getenv func(string) string) ConnConfig {
 		CA:       getenv("NATS_CA"),
 		Cert:     getenv("NATS_CERT"),
 		Key:      getenv("NATS_KEY"),
+		JWT:      getenv("NATS_JWT"),
+		Seed:     getenv("NATS_SEED"),
 	}
 }
 
@@ -64,6 +73,8 @@ func (c ConnConfig) authMethod() string {
 		return "user/password"
 	case c.Token != "":
 		return "token"
+	case c.JWT != "":
+		return "jwt"
 	case userInfoPattern.MatchString(c.URL):
 		return "url credentials"
 	default:
@@ -91,7 +102,7 @@ func (c ConnConfig) Redacted() string {
 func (c ConnConfig) validate() error {
 	var set []string
 	for _, v := range []struct{ name, value string }{
-		{"NATS_CREDS", c.Creds}, {"NATS_NKEY", c.NKey}, {"NATS_USER", c.User}, {"NATS_TOKEN", c.Token},
+		{"NATS_CREDS", c.Creds}, {"NATS_NKEY", c.NKey}, {"NATS_USER", c.User}, {"NATS_TOKEN", c.Token}, {"NATS_JWT", c.JWT},
 	} {
 		if v.value != "" {
 			set = append(set, v.name)
@@ -104,6 +115,8 @@ func (c ConnConfig) validate() error {
 		return errors.New("nats config: NATS_PASSWORD is set without NATS_USER")
 	case (c.Cert == "") != (c.Key == ""):
 		return errors.New("nats config: NATS_CERT and NATS_KEY go together")
+	case (c.JWT == "") != (c.Seed == ""):
+		return errors.New("nats config: NATS_JWT and NATS_SEED go together")
 	}
 	return nil
 }
@@ -116,6 +129,9 @@ func (c ConnConfig) options() ([]nats.Option, error) {
 	var opts []nats.Option
 	if c.Name != "" {
 		opts = append(opts, nats.Name(c.Name))
+	}
+	if c.Context != "" {
+		return append(opts, c.contextOpts...), nil
 	}
 	switch {
 	case c.Creds != "":
@@ -130,6 +146,8 @@ func (c ConnConfig) options() ([]nats.Option, error) {
 		opts = append(opts, nats.UserInfo(c.User, c.Password))
 	case c.Token != "":
 		opts = append(opts, nats.Token(c.Token))
+	case c.JWT != "":
+		opts = append(opts, nats.UserJWTAndSeed(c.JWT, c.Seed))
 	}
 	if c.CA != "" {
 		opts = append(opts, nats.RootCAs(c.CA))
@@ -257,7 +275,7 @@ func (c ConnConfig) redactedURL() string { return RedactURLs(c.url()) }
 
 // secrets returns the configured secrets: password, token and URL user info.
 func (c ConnConfig) secrets() []string {
-	return append([]string{c.Password, c.Token}, URLSecrets(c.URL)...)
+	return append([]string{c.Password, c.Token, c.Seed}, URLSecrets(c.URL)...)
 }
 
 // AckRefused reports whether an asynchronous error of the connection says the server

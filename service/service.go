@@ -34,6 +34,9 @@ type Options struct {
 	GraphHTTP *http.Client         // carries Graph and token calls (a client trusting a simulated Graph)
 	Started   func(Started)        // called once everything is up
 	Registry  *prometheus.Registry // default a new registry with the runtime collectors
+	// Embedded runs on the embedded server whatever NATS contexts say (the demo, which
+	// brings its own server and hides the caller's NATS settings).
+	Embedded bool
 }
 
 // Started says where a running worker can be reached.
@@ -83,18 +86,26 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, getenv func(s
 		st.push(stopPprof)
 	}
 
-	natsURL := cfg.NATSURL
-	if natsURL == "" {
+	// NATS_URL, else a NATS CLI context (named, or selected with "nats context select"),
+	// else the embedded server: never the embedded server while a context is selected.
+	cc, from, err := queue.Resolve(getenv, cfg.NATSURL, cfg.NATSContext)
+	if opts.Embedded {
+		cc, from, err = queue.ConnConfigFromEnv(getenv), queue.FromNone, nil
+	}
+	if err != nil {
+		return err
+	}
+	if from == queue.FromNone {
 		emb, err := StartEmbedded(cfg, log)
 		if err != nil {
 			return err
 		}
 		st.push(emb.Shutdown)
-		natsURL = emb.ClientURL()
-		log.Info("NATS_URL is not set: started an embedded JetStream server", "url", natsURL, "data_dir", cfg.DataDir)
+		cc.URL = emb.ClientURL()
+		log.Info("no NATS_URL and no NATS context: started an embedded JetStream server", "url", cc.URL, "data_dir", cfg.DataDir)
+	} else {
+		log.Info("NATS connection settings", "from", queue.Describe(cc, from), "nats", cc.Redacted())
 	}
-	cc := queue.ConnConfigFromEnv(getenv)
-	cc.URL = natsURL
 	cc.Name = "reprocessor/" + cfg.Instance
 	cc.OnAckRefused = ready.ackRefused
 	nc, err := queue.Connect(ctx, cc, log)
@@ -179,7 +190,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, getenv func(s
 	st.goRun(func(ctx context.Context) { pollQueue(ctx, q, m, &ready, log) })
 
 	if opts.Started != nil {
-		opts.Started(Started{NATSURL: natsURL, HTTPAddr: httpAddr})
+		opts.Started(Started{NATSURL: cc.URL, HTTPAddr: httpAddr})
 	}
 	log.Info("worker running", "requests", q.Config().Prefix+".requests", "concurrency", cfg.Concurrency, "rate", rc.describe(cfg), "http", httpAddr)
 
