@@ -12,8 +12,8 @@ import (
 
 	"github.com/reprocessor/reprocessor/config"
 	"github.com/reprocessor/reprocessor/graph"
-	"github.com/reprocessor/reprocessor/queue"
 	"github.com/reprocessor/reprocessor/logging"
+	"github.com/reprocessor/reprocessor/queue"
 	"github.com/reprocessor/reprocessor/service"
 	"github.com/reprocessor/reprocessor/version"
 )
