@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"debug/elf"
+	"encoding/json"
 	"errors"
 	"net"
 	"os"
@@ -40,9 +41,9 @@ func requireTool(t *testing.T, name string) string {
 		return path
 	}
 	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s is not installed; .ci/run installs it (Debian package prometheus)", name)
+		t.Fatalf("%s is not installed; .ci/run installs it (Debian package %s)", name, debianPackage(name))
 	}
-	t.Skipf("%s is not installed (apt-get install prometheus); skipping", name)
+	t.Skipf("%s is not installed (apt-get install %s); skipping", name, debianPackage(name))
 	return ""
 }
 
@@ -369,5 +370,54 @@ func poll(ctx context.Context, every time.Duration, f func() error) error {
 			return err
 		case <-t.C:
 		}
+	}
+}
+
+func debianPackage(tool string) string {
+	if tool == "promtool" {
+		return "prometheus"
+	}
+	return tool
+}
+
+// TestImageBuildsAndStarts builds the OCI image with buildah, without a daemon and without
+// pulling anything, unpacks it with umoci and runs /reprocessor version inside it as user
+// 65532 (deploy/image-check.sh): the image that ships is one that was built and started.
+func TestImageBuildsAndStarts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds an image: CI runs it, -short does not")
+	}
+	requireTool(t, "buildah")
+	requireTool(t, "umoci")
+	if os.Geteuid() != 0 {
+		t.Skip("buildah from scratch and chroot need root here")
+	}
+	out := t.TempDir()
+	cmd := exec.Command("bash", "image-check.sh", out)
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("image-check.sh: %v\n%s", err, b)
+	}
+	if !strings.Contains(string(b), "as 65532 in the unpacked image: reprocessor ") {
+		t.Errorf("image-check.sh did not run the binary:\n%s", b)
+	}
+	// Its configuration: user 65532, entrypoint /reprocessor, command run, port 9464.
+	cfg, err := os.ReadFile(filepath.Join(out, "bundle", "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec struct {
+		Process struct {
+			User struct {
+				UID, GID int
+			} `json:"user"`
+			Args []string `json:"args"`
+		} `json:"process"`
+	}
+	if err := json.Unmarshal(cfg, &spec); err != nil {
+		t.Fatal(err)
+	}
+	if spec.Process.User.UID != 65532 || spec.Process.User.GID != 65532 || strings.Join(spec.Process.Args, " ") != "/reprocessor run" {
+		t.Errorf("the image runs %v as %d:%d, want /reprocessor run as 65532:65532", spec.Process.Args, spec.Process.User.UID, spec.Process.User.GID)
 	}
 }
