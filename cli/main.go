@@ -14,6 +14,7 @@ import (
 	"github.com/reprocessor/reprocessor/graph"
 	"github.com/reprocessor/reprocessor/logging"
 	"github.com/reprocessor/reprocessor/queue"
+	"github.com/reprocessor/reprocessor/tracing"
 	"github.com/reprocessor/reprocessor/service"
 	"github.com/reprocessor/reprocessor/version"
 )
@@ -144,6 +145,12 @@ func cmdCheckConfig(args []string, getenv func(string) string, stdout, stderr io
 	} else {
 		fmt.Fprintf(stdout, "nats: %s: %s\n", queue.Describe(cc, from), cc.Redacted())
 	}
+	ts, err := tracing.Read(getenv, "reprocessor")
+	if err != nil {
+		fmt.Fprintf(stderr, "reprocessor check-config: tracing: %v\n", err)
+		return exitUsage
+	}
+	fmt.Fprintf(stdout, "tracing: %s\n", ts.Describe())
 	fmt.Fprintln(stdout, "configuration is valid")
 	return exitOK
 }

@@ -85,6 +85,9 @@ func (q *Queue) PublishEvent(ctx context.Context, e *worker.Event) (worker.Store
 				headerContentType: {contentTypeCloudEvents},
 			},
 		}
+		if e.TraceParent != "" && validHeaderValue(e.TraceParent) {
+			m.Header.Set("traceparent", e.TraceParent) // W3C trace context, for consumers to continue
+		}
 		ack, err := q.acked.Publish(ctx, m)
 		if tooLarge(err) {
 			if i == len(eventCuts) {

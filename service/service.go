@@ -26,6 +26,7 @@ import (
 	"github.com/reprocessor/reprocessor/queue"
 	"github.com/reprocessor/reprocessor/ratelimit"
 	"github.com/reprocessor/reprocessor/version"
+	"github.com/reprocessor/reprocessor/tracing"
 	"github.com/reprocessor/reprocessor/worker"
 )
 
@@ -153,6 +154,24 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, getenv func(s
 	st.push(rc.Close) // after the worker has stopped: hands this replica's share to the others
 	g := graph.ForWorker(session.Client)
 	wc := cfg.Worker(log)
+	ts, err := tracing.Read(getenv, "reprocessor")
+	if err != nil {
+		return err
+	}
+	tp, stopTracing, err := tracing.Start(ts, version.Info().Version, cfg.Instance)
+	if err != nil {
+		return err
+	}
+	st.push(func() {
+		// Flush the spans of the work that just ended, within a bound.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(ctx); err != nil {
+			log.Warn("tracing: spans not all exported", "err", err)
+		}
+	})
+	wc.Tracer = tp.Tracer("github.com/reprocessor/reprocessor/worker")
+	log.Info("tracing", "otel", ts.Describe())
 	if bound := ratelimit.MemoryBound(); bound < wc.Concurrency {
 		log.Info("concurrency bounded by the memory limit (GOMEMLIMIT)", "configured", wc.Concurrency, "bound", bound)
 		wc.Concurrency = bound

@@ -7,12 +7,16 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // Config tunes the worker. The zero value of each field means its default.
 type Config struct {
 	Source           string        // the CloudEvent source: the deployment, e.g. "urn:reprocessor:entitlement.reprocess"
 	Instance         string        // the replica, in the events' "instance" extension attribute
+	Tracer           trace.Tracer  // spans of requests, Graph calls and waits; default a no-op one
 	Concurrency      int           // the most messages worked at once (Deps.Concurrency may hold fewer); default 2048
 	MaxDeliver       int           // deliveries before a retryable failure ends retries_exhausted; default 5
 	DeliveryBudget   time.Duration // time one delivery may spend retrying in process before it is nak'd; default 1m
@@ -58,6 +62,9 @@ func Defaults() Config {
 func (c Config) withDefaults() Config {
 	d := Defaults()
 	c.Source = cmp.Or(c.Source, d.Source)
+	if c.Tracer == nil {
+		c.Tracer = noop.NewTracerProvider().Tracer("")
+	}
 	c.Concurrency = cmp.Or(c.Concurrency, d.Concurrency)
 	c.MaxDeliver = cmp.Or(c.MaxDeliver, d.MaxDeliver)
 	c.DeliveryBudget = cmp.Or(c.DeliveryBudget, d.DeliveryBudget)

@@ -68,7 +68,11 @@ type Event struct {
 	DataContentType string    `json:"datacontenttype"`
 	DataSchema      string    `json:"dataschema,omitempty"`
 	Instance        string    `json:"instance,omitempty"` // extension attribute: the replica that published it
-	Data            EventData `json:"data"`
+	// TraceParent is the CloudEvents distributed-tracing extension attribute: the W3C
+	// traceparent of the span that produced the event (tracing on, or a traceparent on the
+	// request).
+	TraceParent string    `json:"traceparent,omitempty"`
+	Data        EventData `json:"data"`
 }
 
 // SchemaBase is where the JSON Schemas of the events' data are published (the repository's

@@ -39,6 +39,9 @@ func (e *Event) appendJSON(dst []byte) ([]byte, error) {
 	if e.Instance != "" {
 		b = appendField(b, "instance", e.Instance)
 	}
+	if e.TraceParent != "" {
+		b = appendField(b, "traceparent", e.TraceParent)
+	}
 	if b, err = e.Data.appendJSON(append(b, `,"data":`...)); err != nil {
 		return dst, err
 	}

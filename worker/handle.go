@@ -7,6 +7,9 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // This file handles one request message: the Graph call with its pacing and circuit, the
@@ -78,6 +81,8 @@ type result struct {
 // or a nak that hands it back for a later delivery.
 func (w *Worker) handle(ctx, work context.Context, m Message) {
 	d := m.Delivery()
+	ctx, work, span := w.startRequestSpan(ctx, work, d)
+	defer span.End()
 	began := w.cfg.Now()
 	if ctx.Err() != nil {
 		w.handBack(m, d, w.cfg.ShutdownNakDelay, "shutting down")
@@ -155,7 +160,9 @@ func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began 
 		if err != nil {
 			return stopping, w.cfg.ShutdownNakDelay, false
 		}
-		err = w.pace(ctx, deadline)
+		pctx, ps := w.cfg.Tracer.Start(ctx, "wait for the rate limit and any Retry-After")
+		err = w.pace(pctx, deadline)
+		ps.End()
 		waited += w.cfg.Now().Sub(t0)
 		var long *longPause
 		if errors.As(err, &long) {
@@ -167,7 +174,9 @@ func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began 
 			return stopping, w.cfg.ShutdownNakDelay, false
 		}
 		t1 := w.cfg.Now()
-		resp, err := w.deps.Graph.Reprocess(work, req.ID)
+		gctx, gs := w.graphSpan(work, "reprocess", req.ID)
+		resp, err := w.deps.Graph.Reprocess(gctx, req.ID)
+		endGraphSpan(gs, resp, err)
 		for range resp.AuthRetries {
 			w.obs.Retry(RetryUnauthorized)
 		}
@@ -222,7 +231,11 @@ func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began 
 		}
 		w.logFor(d, req).Debug("retrying Graph call", "reason", c.reason, "detail", c.detail, "in", delay)
 		waited += delay
-		if !sleep(ctx, delay) {
+		_, rs := w.cfg.Tracer.Start(ctx, "wait before retrying", trace.WithAttributes(
+			attribute.String("reprocessor.retry_reason", c.reason), attribute.Float64("reprocessor.delay_seconds", delay.Seconds())))
+		ok := sleep(ctx, delay)
+		rs.End()
+		if !ok {
 			return stopping, w.cfg.ShutdownNakDelay, false
 		}
 	}
@@ -261,6 +274,8 @@ func (w *Worker) pace(ctx context.Context, deadline time.Time) error {
 func (w *Worker) settle(work context.Context, m Message, d Delivery, req Request, res result, began time.Time) bool {
 	now := w.cfg.Now()
 	ev := w.event(d, req, res, now)
+	ev.TraceParent = traceParent(work)
+	trace.SpanFromContext(work).SetAttributes(attribute.String("reprocessor.outcome", res.kind), attribute.String("reprocessor.assignment_id", req.ID))
 	stored, err := w.publish(work, "event", func(ctx context.Context) (Stored, error) { return w.deps.Events.PublishEvent(ctx, ev) })
 	if err != nil {
 		w.keepOutcome(m, d, res, "event", err)
@@ -280,6 +295,7 @@ func (w *Worker) settle(work context.Context, m Message, d Delivery, req Request
 	}
 	if kind == KindAccepted && w.checks != nil {
 		check := w.newCheck(d, req, res.before, now)
+		check.TraceParent = ev.TraceParent
 		if _, err := w.publish(work, "state check", func(ctx context.Context) (Stored, error) {
 			return Stored{}, w.deps.Scheduler.ScheduleCheck(ctx, check)
 		}); err != nil {

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,9 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/reprocessor/reprocessor/idlist"
 )
@@ -63,6 +67,8 @@ type Check struct {
 	// last check; Missing is what lacked then.
 	ResourcesPending bool      `json:"resourcesPending,omitempty"`
 	Missing          []string  `json:"missing,omitempty"`
+	TraceParent      string    `json:"traceparent,omitempty"` // the request's span, which the checks continue
+	span             string    // this check's span, for its events (not stored)
 	CorrelationID    string    `json:"correlationId,omitempty"`
 	RequestedBy      string    `json:"requestedBy,omitempty"`
 	Reason           string    `json:"reason,omitempty"`
@@ -214,6 +220,12 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 		w.handBack(m, d, w.cfg.ShutdownNakDelay, "shutting down")
 		return
 	}
+	_, span := w.cfg.Tracer.Start(parentFrom(context.Background(), c.TraceParent), "check assignment state",
+		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attribute.String("reprocessor.assignment_id", c.AssignmentID),
+			attribute.Int("reprocessor.changes", c.Changes)))
+	defer span.End()
+	ctx, work = trace.ContextWithSpan(ctx, span), trace.ContextWithSpan(work, span)
+	c.span = traceParent(work)
 	v := w.cfg.Verify
 	now := w.cfg.Now()
 	if wait := c.NotBefore.Sub(now); wait > 0 {
@@ -255,7 +267,9 @@ func (w *Worker) handleCheck(ctx, work context.Context, m Message) {
 		return
 	}
 	t0 := w.cfg.Now()
-	a, resp, err := w.deps.States.GetAssignment(work, c.AssignmentID)
+	gctx, gs := w.graphSpan(work, "get_assignment", c.AssignmentID)
+	a, resp, err := w.deps.States.GetAssignment(gctx, c.AssignmentID)
+	endGraphSpan(gs, resp, err)
 	cl := classify(resp, err)
 	w.feedback(resp, cl, w.cfg.Now().Sub(t0))
 	for range resp.AuthRetries {
@@ -356,7 +370,9 @@ func (w *Worker) checkResources(ctx, work context.Context, d Delivery, c *Check,
 		return ResourceCheck{}, false
 	}
 	t0 := w.cfg.Now()
-	rc, resp, err := w.deps.Resources.CheckResources(work, c.AssignmentID, a)
+	gctx, gs := w.graphSpan(work, "check_resources", c.AssignmentID)
+	rc, resp, err := w.deps.Resources.CheckResources(gctx, c.AssignmentID, a)
+	endGraphSpan(gs, resp, err)
 	cl := classify(resp, err)
 	w.feedback(resp, cl, w.cfg.Now().Sub(t0))
 	switch {
@@ -413,6 +429,7 @@ func (w *Worker) stateEvent(c *Check, n, state, status string, isSettled bool, r
 		Source:          w.cfg.Source,
 		Instance:        w.cfg.Instance,
 		DataSchema:      DataSchema(KindStateChanged),
+		TraceParent:     cmp.Or(c.span, c.TraceParent),
 		Type:            TypePrefix + KindStateChanged,
 		Subject:         c.AssignmentID,
 		Time:            now.UTC(),
