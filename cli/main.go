@@ -14,8 +14,8 @@ import (
 	"github.com/reprocessor/reprocessor/graph"
 	"github.com/reprocessor/reprocessor/logging"
 	"github.com/reprocessor/reprocessor/queue"
-	"github.com/reprocessor/reprocessor/tracing"
 	"github.com/reprocessor/reprocessor/service"
+	"github.com/reprocessor/reprocessor/tracing"
 	"github.com/reprocessor/reprocessor/version"
 )
 

@@ -25,8 +25,8 @@ import (
 	"github.com/reprocessor/reprocessor/metrics"
 	"github.com/reprocessor/reprocessor/queue"
 	"github.com/reprocessor/reprocessor/ratelimit"
-	"github.com/reprocessor/reprocessor/version"
 	"github.com/reprocessor/reprocessor/tracing"
+	"github.com/reprocessor/reprocessor/version"
 	"github.com/reprocessor/reprocessor/worker"
 )
 
