@@ -3,9 +3,12 @@ package deploy_test
 import (
 	"bytes"
 	"encoding/json"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -413,5 +416,122 @@ func checkNetworkPolicy(t *testing.T, m manifests, pod map[string]string) {
 		if !egress[want] {
 			t.Errorf("egress lacks %s (have %v)", want, egress)
 		}
+	}
+}
+
+// TestOverlaysMatchSchemas validates the output of every overlay against the Kubernetes,
+// KEDA and prometheus-operator schemas, offline: the JSON schemas the npm packages
+// kubernetes-models, @kubernetes-models/keda and @kubernetes-models/prometheus-operator
+// carry (deploy/validate; .ci/run installs them with npm ci).
+func TestOverlaysMatchSchemas(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs node: CI runs it, -short does not")
+	}
+	node := requireTool(t, "node")
+	if _, err := os.Stat(filepath.Join("validate", "node_modules", "kubernetes-models")); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("deploy/validate/node_modules is missing; .ci/run installs it (npm ci)")
+		}
+		t.Skip("deploy/validate/node_modules is missing: (cd deploy/validate && npm ci)")
+	}
+	for _, dir := range []string{"kubernetes/base", "kubernetes/overlays/workload-identity", "kubernetes/overlays/keda", "kubernetes/overlays/drift-scanner"} {
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+			rm, err := k.Run(filesys.MakeFsOnDisk(), dir)
+			if err != nil {
+				t.Fatalf("kustomize build %s: %v", dir, err)
+			}
+			var objs []json.RawMessage
+			for _, r := range rm.Resources() {
+				data, err := r.MarshalJSON()
+				if err != nil {
+					t.Fatal(err)
+				}
+				objs = append(objs, data)
+			}
+			all, _ := json.Marshal(objs)
+			file := filepath.Join(t.TempDir(), "objects.json")
+			if err := os.WriteFile(file, all, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(node, "validate.mjs", file)
+			cmd.Dir = "validate"
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Errorf("%s does not match the schemas: %v\n%s", dir, err, out)
+			}
+			if n := strings.Count(string(out), "valid: "); n != len(objs) {
+				t.Errorf("%d of %d objects validated:\n%s", n, len(objs), out)
+			}
+		})
+	}
+}
+
+// kubeScore is kube-score, built once from the module proxy.
+var kubeScore struct {
+	once sync.Once
+	path string
+	err  error
+	out  []byte
+}
+
+// TestKubeScore runs kube-score on every overlay's output and fails on any critical or
+// warning finding. Two checks are set aside, for these reasons: container-image-pull-policy
+// (the image is a pinned tag, so IfNotPresent pulls nothing stale and a node restart does
+// not depend on the registry) and deployment-has-host-podantiaffinity (the worker spreads
+// over hosts with topologySpreadConstraints, which kube-score does not count). It is built
+// from the module proxy, so it runs offline wherever go test can download modules.
+func TestKubeScore(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds kube-score: CI runs it, -short does not")
+	}
+	kubeScore.once.Do(func() {
+		dir, err := os.MkdirTemp("", "kube-score-")
+		if err != nil {
+			kubeScore.err = err
+			return
+		}
+		cmd := exec.Command("go", "install", "github.com/zegl/kube-score/cmd/kube-score@v1.20.0")
+		cmd.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=")
+		kubeScore.out, kubeScore.err = cmd.CombinedOutput()
+		kubeScore.path = filepath.Join(dir, "kube-score")
+	})
+	if kubeScore.err != nil {
+		t.Fatalf("go install kube-score: %v\n%s", kubeScore.err, kubeScore.out)
+	}
+	for _, dir := range []string{"kubernetes/base", "kubernetes/overlays/workload-identity", "kubernetes/overlays/keda", "kubernetes/overlays/drift-scanner"} {
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+			rm, err := k.Run(filesys.MakeFsOnDisk(), dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			y, err := rm.AsYaml()
+			if err != nil {
+				t.Fatal(err)
+			}
+			file := filepath.Join(t.TempDir(), "manifests.yaml")
+			if err := os.WriteFile(file, y, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			args := []string{"score", "--output-format", "ci", "--exit-one-on-warning",
+				"--ignore-test", "container-image-pull-policy", "--ignore-test", "deployment-has-host-podantiaffinity"}
+			if strings.HasSuffix(dir, "keda") {
+				// KEDA's HPA (minReplicaCount 2) owns the replica count; kube-score sees no HPA
+				// in the manifests, only the Deployment without replicas.
+				args = append(args, "--ignore-test", "deployment-replicas")
+			}
+			cmd := exec.Command(kubeScore.path, append(args, file)...)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				var findings []string
+				for _, l := range strings.Split(string(out), "\n") {
+					if strings.HasPrefix(l, "[CRITICAL]") || strings.HasPrefix(l, "[WARNING]") {
+						findings = append(findings, l)
+					}
+				}
+				t.Errorf("kube-score on %s: %v\n%s", dir, err, strings.Join(findings, "\n"))
+			}
+		})
 	}
 }
