@@ -429,14 +429,17 @@ func callError(ctx context.Context, err error) error {
 }
 
 // bodyLimit is how much of a 2xx answer to op is read: none of a reprocess (its status is
-// the whole answer), a page of a list up to maxPageBody, anything else up to maxBody.
+// the whole answer), a page of a list or an object holding a collection up to maxPageBody,
+// anything else up to maxBody.
 func bodyLimit(op string, status int) int64 {
 	switch {
 	case status < 200 || status >= 300:
 		return maxBody // an error body: code and message
 	case op == OpReprocess:
 		return 0
-	case strings.HasPrefix(op, "list_"):
+	case strings.HasPrefix(op, "list_"), op == OpGetAccessPackage, op == OpGetServicePrincipal:
+		// A page, or an object with a collection inside (a package's resource role
+		// scopes, an application's app roles): hundreds of entries are legitimate.
 		return maxPageBody
 	}
 	return maxBody
