@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -21,7 +20,6 @@ import (
 	"github.com/reprocessor/reprocessor/drift"
 	"github.com/reprocessor/reprocessor/graph"
 	"github.com/reprocessor/reprocessor/idlist"
-	"github.com/reprocessor/reprocessor/logging"
 	"github.com/reprocessor/reprocessor/metrics"
 	"github.com/reprocessor/reprocessor/queue"
 	"github.com/reprocessor/reprocessor/ratelimit"
@@ -88,30 +86,9 @@ func driftMain(ctx context.Context, args []string, getenv func(string) string, i
 	fs.BoolVar(&f.enq.waitSettled, "wait-settled", false, "with --enqueue: also wait for each accepted assignment's settled state (and resources, with REPROCESSOR_VERIFY_RESOURCES)")
 	fs.DurationVar(&f.enq.timeout, "timeout", time.Hour, "with --wait: give up waiting after this long (0: never)")
 	fs.StringVar(&f.enqueueReportPath, "enqueue-report", "", "with --enqueue: write one row per enqueued id and its outcome to this .csv or .json file")
-	load := bindWithout(fs, getenv, map[string]string{"rate": "graph-rate"})
-	fs.Usage = func() {
-		fmt.Fprint(io.stderr, driftUsage)
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
-	}
-	cfg, err := load()
-	if err != nil {
-		fmt.Fprintf(io.stderr, "reprocessor drift: invalid configuration:\n%v\n", err)
-		return exitUsage
-	}
-	if msg := f.check(fs.Args()); msg != "" {
-		fmt.Fprintf(io.stderr, "reprocessor drift: %s\n", msg)
-		return exitUsage
-	}
-	log, err := logging.New(io.stderr, cfg.LogLevel, cfg.LogFormat, cfg.Secrets())
-	if err != nil {
-		fmt.Fprintf(io.stderr, "reprocessor drift: %v\n", err)
-		return exitUsage
+	cfg, log, code, ok := parseBulkCommand("drift", driftUsage, fs, args, getenv, io.stderr, f.check)
+	if !ok {
+		return code
 	}
 	d := &drifter{cfg: cfg, f: f, io: io, log: log, getenv: getenv}
 	return d.run(ctx)

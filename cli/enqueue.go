@@ -93,6 +93,39 @@ type enqueueFlags struct {
 	requestedBy, reason          string
 }
 
+// parseBulkCommand parses the flags of a command that takes the configuration's flags
+// (REPROCESSOR_RATE as --graph-rate) beside its own (enqueue, drift): it loads the
+// configuration, checks the command's own flags and arguments with check, and makes the
+// logger. When ok is false the command ends with code (its usage, or exitOK for --help).
+func parseBulkCommand(name, usage string, fs *flag.FlagSet, args []string, getenv func(string) string, stderr io.Writer,
+	check func(args []string) string) (cfg config.Config, log *slog.Logger, code int, ok bool) {
+	load := bindWithout(fs, getenv, map[string]string{"rate": "graph-rate"})
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return cfg, nil, exitOK, false
+		}
+		return cfg, nil, exitUsage, false
+	}
+	cfg, err := load()
+	if err != nil {
+		fmt.Fprintf(stderr, "reprocessor %s: invalid configuration:\n%v\n", name, err)
+		return cfg, nil, exitUsage, false
+	}
+	if msg := check(fs.Args()); msg != "" {
+		fmt.Fprintf(stderr, "reprocessor %s: %s\n", name, msg)
+		return cfg, nil, exitUsage, false
+	}
+	if log, err = logging.New(stderr, cfg.LogLevel, cfg.LogFormat, cfg.Secrets()); err != nil {
+		fmt.Fprintf(stderr, "reprocessor %s: %v\n", name, err)
+		return cfg, nil, exitUsage, false
+	}
+	return cfg, log, exitOK, true
+}
+
 // bindWithout registers on fs every config flag but the ones renamed, under their new
 // names, and returns the config loader.
 func bindWithout(fs *flag.FlagSet, getenv func(string) string, renamed map[string]string) func() (config.Config, error) {
@@ -129,30 +162,9 @@ func enqueueMain(ctx context.Context, args []string, getenv func(string) string,
 	fs.StringVar(&f.report, "report", "", "write one row per id to this .csv or .json file")
 	fs.StringVar(&f.requestedBy, "requested-by", "", "requestedBy sent with every request")
 	fs.StringVar(&f.reason, "reason", "", "reason sent with every request")
-	load := bindWithout(fs, getenv, map[string]string{"rate": "graph-rate"})
-	fs.Usage = func() {
-		fmt.Fprint(io.stderr, enqueueUsage)
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
-	}
-	cfg, err := load()
-	if err != nil {
-		fmt.Fprintf(io.stderr, "reprocessor enqueue: invalid configuration:\n%v\n", err)
-		return exitUsage
-	}
-	if msg := f.check(fs.Args()); msg != "" {
-		fmt.Fprintf(io.stderr, "reprocessor enqueue: %s\n", msg)
-		return exitUsage
-	}
-	log, err := logging.New(io.stderr, cfg.LogLevel, cfg.LogFormat, cfg.Secrets())
-	if err != nil {
-		fmt.Fprintf(io.stderr, "reprocessor enqueue: %v\n", err)
-		return exitUsage
+	cfg, log, code, ok := parseBulkCommand("enqueue", enqueueUsage, fs, args, getenv, io.stderr, f.check)
+	if !ok {
+		return code
 	}
 	if f.runID == "" {
 		f.runID = newRunID()
