@@ -11,6 +11,8 @@ import (
 
 	"github.com/google/uuid"
 	"golang.org/x/time/rate"
+
+	"github.com/reprocessor/reprocessor/graph"
 )
 
 // The simulated tenant: access packages with their resource role scopes, users, groups with
@@ -22,17 +24,18 @@ import (
 // application's is "AadApplication" with the app role id as the role's originId and the
 // service principal's object id as the scope's; a SharePoint site's is "SharePointOnline".
 
-// Operations of the tenant's directory and catalog reads, recorded in Call.Operation.
+// Operations of the tenant's directory and catalog reads, recorded in Call.Operation: the
+// names the client gives them (graph.Op*).
 const (
-	OpListAccessPackages    = "list_access_packages"
-	OpGetAccessPackage      = "get_access_package"
-	OpListGroupMembers      = "list_group_members"
-	OpListGroupOwners       = "list_group_owners"
-	OpListAppRoleAssignedTo = "list_app_role_assigned_to"
-	OpGetServicePrincipal   = "get_service_principal"
-	OpListMemberOf          = "list_member_of"
-	OpListOwnedObjects      = "list_owned_objects"
-	OpListAppRoleAssignment = "list_app_role_assignments"
+	OpListAccessPackages    = graph.OpListAccessPackages
+	OpGetAccessPackage      = graph.OpGetAccessPackage
+	OpListGroupMembers      = graph.OpListGroupMembers
+	OpListGroupOwners       = graph.OpListGroupOwners
+	OpListAppRoleAssignedTo = graph.OpListAppRoleAssignedTo
+	OpGetServicePrincipal   = graph.OpGetServicePrincipal
+	OpListMemberOf          = graph.OpListMemberOf
+	OpListOwnedObjects      = graph.OpListOwnedObjects
+	OpListAppRoleAssignment = graph.OpListAppRoleAssignments
 )
 
 // Resource role kinds (originSystem values, and the group role's two prefixes).
