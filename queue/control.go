@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/reprocessor/reprocessor/ratelimit"
 	"github.com/reprocessor/reprocessor/worker"
 )
 
@@ -31,6 +32,12 @@ type SharedRate interface {
 	SetReplicas(n int)
 	// Adopt sets the rate to this replica's share of the deployment's discovered rate.
 	Adopt(share float64)
+	// Lead makes this replica the leader of a grid of of replicas at a heartbeat (until
+	// until, unless renewed), grows the rate if due, and returns the leader's next slot,
+	// the rate and whether it is discovered (ratelimit.Adaptive.Lead).
+	Lead(of int, until time.Time) (start time.Time, rate float64, discovered bool)
+	// Follow puts this replica on the leader's grid and takes the leader's rate.
+	Follow(g ratelimit.Grid, rate float64, discovered bool)
 }
 
 // ControlConfig configures a Control.
@@ -67,6 +74,12 @@ type ControlConfig struct {
 //   - a replica that starts announces itself; the others answer at once with a heartbeat,
 //     so it learns within a round trip of a pause in force and of the rate the others have
 //     discovered, and takes its share of that rather than probing from the start.
+//   - the live replica with the lowest id leads: its heartbeats are ticks, which carry its
+//     rate and when its next call is due. Each replica places its calls on the grid that
+//     tick anchors (ratelimit.Grid), at its rank among the live ids, so that the
+//     deployment's calls reach Graph evenly spaced; the leader grows the rate at each tick
+//     and the others take it. A tick not renewed within three intervals lapses, and each
+//     replica paces on its own again (as with a leader of a release before ticks).
 //
 // The alternative, a JetStream key-value bucket holding the deployment's rate, needs a
 // writable stream that must itself survive a leader election, and read-modify-write races
@@ -107,7 +120,9 @@ type controlMsg struct {
 	Instance   string  `json:"instance,omitempty"`
 	Rate       float64 `json:"rate,omitempty"`
 	Discovered bool    `json:"discovered,omitempty"`
-	PauseMS    int64   `json:"pauseMs,omitempty"` // a pause in force for this much longer
+	PauseMS    int64   `json:"pauseMs,omitempty"`  // a pause in force for this much longer
+	Tick       bool    `json:"tick,omitempty"`     // a beat of the leader, anchoring the grid
+	SlotInUS   int64   `json:"slotInUs,omitempty"` // a tick: the leader's next call, this long from now
 }
 
 // StartControl subscribes to the deployment's control subjects, announces this replica and
@@ -207,6 +222,7 @@ const (
 	maxInstanceLen  = 128  // longest instance name logged
 	controlIDLen    = 16   // hex digits of a replica id
 	maxPauseMS      = int64(worker.MaxPause / time.Millisecond)
+	maxSlotInUS     = int64(10 * time.Second / time.Microsecond) // the floor's interval is 2 s
 )
 
 // parseControl decodes and validates one control message: nil for one that does not parse
@@ -228,8 +244,11 @@ func parseControl(data []byte) (m *controlMsg, capped bool) {
 	if len(cm.ID) != controlIDLen || strings.Trim(cm.ID, "0123456789abcdef") != "" {
 		return nil, false
 	}
-	if !(cm.Rate >= 0 && cm.Rate <= maxPeerRate) || cm.PauseMS < 0 {
+	if !(cm.Rate >= 0 && cm.Rate <= maxPeerRate) || cm.PauseMS < 0 || cm.SlotInUS < 0 || cm.SlotInUS > maxSlotInUS {
 		return nil, false
+	}
+	if cm.Tick && cm.Kind != "beat" {
+		cm.Tick = false
 	}
 	if cm.PauseMS > maxPauseMS {
 		cm.PauseMS, capped = maxPauseMS, true
@@ -294,6 +313,9 @@ func (c *Control) receive(msg *nats.Msg) {
 			c.cfg.Logger.Info("replica joined", "replica", m.Instance)
 			c.update()
 		}
+		if m.Tick {
+			c.follow(m, now)
+		}
 		if m.Kind == "hello" && c.mayAnswer(now) {
 			c.beat() // answer at once, so that it learns the rate and any pause
 		}
@@ -347,18 +369,70 @@ func (c *Control) mayAnswer(now time.Time) bool {
 	return true
 }
 
+// place returns the id of the leader (the lowest live id), this replica's rank among the
+// live ids and their number.
+func (c *Control) place() (leader string, rank, n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	leader = c.id
+	for id := range c.peers {
+		if id < c.id {
+			rank++
+		}
+		leader = min(leader, id)
+	}
+	return leader, rank, 1 + len(c.peers)
+}
+
+// follow puts this replica on the grid of a tick, when it comes from the leader.
+func (c *Control) follow(m *controlMsg, now time.Time) {
+	if c.cfg.Rate == nil {
+		return
+	}
+	leader, rank, n := c.place()
+	if m.ID != leader || n < 2 {
+		return
+	}
+	g := ratelimit.Grid{
+		Start: now.Add(time.Duration(m.SlotInUS) * time.Microsecond),
+		Rank:  rank,
+		Of:    n,
+		Until: now.Add(3 * c.cfg.Interval),
+	}
+	c.cfg.Rate.Follow(g, m.Rate, m.Discovered)
+}
+
+// tick is the heartbeat of the leader: it anchors the grid and carries the rate.
+func (c *Control) tick() {
+	leader, _, n := c.place()
+	if c.cfg.Rate == nil || leader != c.id || n < 2 {
+		c.beat()
+		return
+	}
+	now := c.cfg.Now()
+	start, r, discovered := c.cfg.Rate.Lead(n, now.Add(3*c.cfg.Interval))
+	m := controlMsg{Kind: "beat", Tick: true, Rate: r, Discovered: discovered,
+		SlotInUS: min(max(start.Sub(now).Microseconds(), 0), maxSlotInUS)}
+	c.withPause(&m, now)
+	c.publish(c.beats, m)
+}
+
 func (c *Control) beat() {
 	m := controlMsg{Kind: "beat"}
 	if c.cfg.Rate != nil {
 		m.Rate, m.Discovered = c.cfg.Rate.Rate(), c.cfg.Rate.Discovered()
 	}
-	now := c.cfg.Now()
+	c.withPause(&m, c.cfg.Now())
+	c.publish(c.beats, m)
+}
+
+// withPause adds to m the pause in force, if any.
+func (c *Control) withPause(m *controlMsg, now time.Time) {
 	c.mu.Lock()
 	if left := c.pausedUntil.Sub(now); left > 0 {
 		m.PauseMS = max(left.Milliseconds(), 1)
 	}
 	c.mu.Unlock()
-	c.publish(c.beats, m)
 }
 
 func (c *Control) heartbeat() {
@@ -371,7 +445,7 @@ func (c *Control) heartbeat() {
 			return
 		case <-t.C:
 		}
-		c.beat()
+		c.tick()
 		now := c.cfg.Now()
 		var gone []string
 		c.mu.Lock()

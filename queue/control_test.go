@@ -3,6 +3,7 @@ package queue
 import (
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/reprocessor/reprocessor/internal/testsync"
+	"github.com/reprocessor/reprocessor/ratelimit"
 	"github.com/reprocessor/reprocessor/worker"
 )
 
@@ -22,6 +24,9 @@ type fakeRate struct {
 	replicas   int
 	peerCuts   int
 	adopted    float64
+	leads      int            // ticks this replica led
+	grid       ratelimit.Grid // the last grid followed
+	followed   float64        // the rate that came with it
 }
 
 func (f *fakeRate) Rate() float64    { f.mu.Lock(); defer f.mu.Unlock(); return f.rate }
@@ -33,10 +38,22 @@ func (f *fakeRate) SetReplicas(n int) {
 	f.mu.Unlock()
 }
 func (f *fakeRate) Adopt(share float64) { f.mu.Lock(); f.adopted = share; f.mu.Unlock() }
+func (f *fakeRate) Lead(of int, until time.Time) (time.Time, float64, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.leads++
+	return time.Now().Add(7 * time.Millisecond), f.rate, f.discovered
+}
+func (f *fakeRate) Follow(g ratelimit.Grid, rate float64, _ bool) {
+	f.mu.Lock()
+	f.grid, f.followed = g, rate
+	f.mu.Unlock()
+}
 func (f *fakeRate) get() fakeRate {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return fakeRate{rate: f.rate, discovered: f.discovered, replicas: f.replicas, peerCuts: f.peerCuts, adopted: f.adopted}
+	return fakeRate{rate: f.rate, discovered: f.discovered, replicas: f.replicas, peerCuts: f.peerCuts, adopted: f.adopted,
+		leads: f.leads, grid: f.grid, followed: f.followed}
 }
 
 // pauses records the pauses a Control applies.
@@ -113,6 +130,87 @@ func TestControlSharesPausesCutsAndReplicas(t *testing.T) {
 	eventually(t, "c's goodbye", func() bool { return a.c.Replicas() == 2 })
 	b.nc.Close() // b dies without a word
 	eventually(t, "b counted gone", func() bool { return a.c.Replicas() == 1 && a.r.get().replicas == 1 })
+}
+
+// The replica with the lowest id leads: its heartbeats are ticks, and the others follow
+// its grid at their rank among the live ids, with its rate. A replica alone leads nothing.
+func TestControlLeaderTicksAndOthersFollowItsGrid(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, t.TempDir())
+	solo := startReplica(t, srv.ClientURL(), "solo", &fakeRate{rate: 30, discovered: true})
+	time.Sleep(200 * time.Millisecond) // four heartbeats alone
+	if got := solo.r.get().leads; got != 0 {
+		t.Fatalf("a replica alone led %d ticks, want 0", got)
+	}
+	rs := []replica{solo,
+		startReplica(t, srv.ClientURL(), "b", &fakeRate{rate: 20, discovered: true}),
+		startReplica(t, srv.ClientURL(), "c", &fakeRate{rate: 10, discovered: true})}
+	eventually(t, "three replicas counted", func() bool {
+		for _, r := range rs {
+			if r.c.Replicas() != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	slices.SortFunc(rs, func(x, y replica) int { return strings.Compare(x.c.id, y.c.id) })
+	leader := rs[0]
+	eventually(t, "the others follow the leader's ticks", func() bool {
+		for _, r := range rs[1:] {
+			if r.r.get().grid.Of != 3 {
+				return false
+			}
+		}
+		return leader.r.get().leads > 0
+	})
+	for rank, r := range rs[1:] {
+		got := r.r.get()
+		if got.leads != 0 {
+			t.Errorf("replica %d of 3 led %d ticks", rank+1, got.leads)
+		}
+		if got.grid.Rank != rank+1 || got.followed != leader.r.get().rate {
+			t.Errorf("replica of rank %d followed rank %d at %v/s, want the leader's %v/s", rank+1, got.grid.Rank, got.followed, leader.r.get().rate)
+		}
+		if !got.grid.Until.After(got.grid.Start) {
+			t.Errorf("grid %+v lapses before it starts", got.grid)
+		}
+	}
+	if g := leader.r.get().grid; g.Of != 0 {
+		t.Errorf("the leader followed a grid %+v", g)
+	}
+}
+
+// A tick is obeyed only from the leader; a tick that says the leader's next call is beyond
+// the bound, or a tick on another kind of message, is not.
+func TestControlTickBounds(t *testing.T) {
+	t.Parallel()
+	if m, _ := parseControl([]byte(`{"kind":"beat","id":"0000000000000001","tick":true,"slotInUs":10000000000}`)); m != nil {
+		t.Errorf("a tick 10,000 s ahead parsed: %+v", m)
+	}
+	if m, _ := parseControl([]byte(`{"kind":"beat","id":"0000000000000001","tick":true,"slotInUs":-1}`)); m != nil {
+		t.Errorf("a tick in the past parsed: %+v", m)
+	}
+	if m, _ := parseControl([]byte(`{"kind":"cut","id":"0000000000000001","tick":true}`)); m == nil || m.Tick {
+		t.Errorf("a cut kept its tick: %+v", m)
+	}
+	srv := startServer(t, t.TempDir())
+	a := startReplica(t, srv.ClientURL(), "a", &fakeRate{rate: 30, discovered: true})
+	nc, _ := connect(t, srv.ClientURL())
+	// A replica whose id is above a's is not the leader: its ticks are not followed.
+	high := "ffffffffffffffff"
+	if a.c.id == high {
+		t.Skip("a drew the highest id")
+	}
+	for range 5 {
+		if err := nc.Publish("t.control.replicas", []byte(`{"kind":"beat","id":"`+high+`","tick":true,"rate":5000,"slotInUs":1000}`)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(60 * time.Millisecond)
+	}
+	eventually(t, "a counts the peer", func() bool { return a.c.Replicas() == 2 })
+	if g := a.r.get().grid; g.Of != 0 {
+		t.Fatalf("a followed the ticks of a replica that is not the leader: %+v", g)
+	}
 }
 
 func TestControlFixedRateSharesPausesOnly(t *testing.T) {

@@ -116,6 +116,9 @@ type Adaptive struct {
 	cooldown   time.Duration // after lastCut: Config.Cooldown, or longer for a slow Graph
 	latency    time.Duration // smoothed time a call takes
 	logged     float64       // the rate last logged
+	grid       Grid          // the deployment's slots, when replicas share them (grid.go)
+	lastSlot   time.Time     // the slot of the last call paced on the grid
+	prevLead   time.Time     // the last heartbeat this replica led the grid at
 }
 
 // New returns an Adaptive limiter at its initial rate.
@@ -154,6 +157,9 @@ func (a *Adaptive) Wait(ctx context.Context) error {
 		return ctx.Err()
 	}
 	defer func() { <-a.turn }()
+	if gridded, err := a.waitGrid(ctx); gridded {
+		return err
+	}
 	return a.lim.Wait(ctx)
 }
 
@@ -167,12 +173,17 @@ func (a *Adaptive) Rate() float64 {
 // Succeeded reports an answer that was not throttling. After each second (half second in
 // the slow start) in which at least half the rate's calls succeeded (the limit was in use,
 // not idle), the rate grows: by Step, or doubled in the slow start. Counting seconds, not
-// calls, keeps many calls in flight from inflating the increase.
+// calls, keeps many calls in flight from inflating the increase. On a grid the rate grows
+// at the leader's heartbeat instead (Lead, Follow).
 func (a *Adaptive) Succeeded(took time.Duration) {
 	a.mu.Lock()
 	a.observeLatency(took)
 	now := a.cfg.Now()
 	a.successes++
+	if a.gridded(now) {
+		a.mu.Unlock()
+		return
+	}
 	elapsed := now.Sub(a.windowFrom)
 	window := time.Second
 	if a.slowStart {
@@ -189,15 +200,21 @@ func (a *Adaptive) Succeeded(took time.Duration) {
 		a.mu.Unlock()
 		return
 	}
+	a.setLocked(a.grown(), "raised")
+}
+
+// grown is the rate after a second of success: plus Step (or GrowthPerSecond of the
+// deployment's rate, at least 1 call/s) shared between the replicas, or doubled in the slow
+// start; a.mu is held.
+func (a *Adaptive) grown() float64 {
+	if a.slowStart {
+		return 2 * a.rate
+	}
 	step := a.cfg.Step
 	if step == 0 {
 		step = max(1, a.rate*float64(a.replicas)*GrowthPerSecond)
 	}
-	next := a.rate + step/float64(a.replicas)
-	if a.slowStart {
-		next = 2 * a.rate
-	}
-	a.setLocked(next, "raised")
+	return a.rate + step/float64(a.replicas)
 }
 
 // Throttled reports a 429, 503 or 504. The rate is cut at most once per cooldown, to
@@ -259,6 +276,9 @@ func (a *Adaptive) SetReplicas(n int) {
 	}
 	old := a.replicas
 	a.replicas = n
+	if n == 1 {
+		a.grid = Grid{} // alone: pace on its own again
+	}
 	a.setLocked(a.rate*float64(old)/float64(n), fmt.Sprintf("replicas %d -> %d", old, n))
 }
 
