@@ -3,10 +3,7 @@ package bulk
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
-	"strings"
-	"time"
 
 	"github.com/reprocessor/reprocessor/graph"
 	"github.com/reprocessor/reprocessor/idlist"
@@ -69,44 +66,25 @@ func ListFromGraph(ctx context.Context, l Lister, c ListConfig, fn func(idlist.I
 }
 
 func listPage(ctx context.Context, l Lister, c ListConfig, q graph.ListQuery, page int) (graph.Page, error) {
-	for attempt := 1; ; attempt++ {
+	var p graph.Page
+	res, err := graph.Retry(ctx, c.Attempts, c.Backoff, func() (graph.Result, error) {
 		if c.Limiter != nil {
 			if err := c.Limiter.Wait(ctx); err != nil {
-				return graph.Page{}, err
+				return graph.Result{}, err
 			}
 		}
-		p, res, err := l.ListAssignments(ctx, q)
-		retry := false
-		switch {
-		case ctx.Err() != nil:
-			return graph.Page{}, ctx.Err()
-		case err != nil:
-			retry = true
-		case res.Status == http.StatusOK:
-			return p, nil
-		case worker.Retryable(res.Status):
-			retry = true
-			err = fmt.Errorf("graph answered %d", res.Status)
-		default:
-			detail := ""
-			if res.Error != nil {
-				detail = ": " + res.Error.Error()
-				if len(detail) > 1024 {
-					detail = strings.ToValidUTF8(detail[:1024], "") + "...[truncated]"
-				}
-			}
-			return graph.Page{}, fmt.Errorf("list assignments, page %d: graph answered %d%s (request-id %s)", page, res.Status, detail, res.RequestID)
-		}
-		if !retry || attempt >= c.Attempts {
-			return graph.Page{}, fmt.Errorf("list assignments, page %d, after %d attempts: %w", page, attempt, err)
-		}
-		delay := c.Backoff.Delay(attempt, worker.Response{Status: res.Status, RetryAfter: res.RetryAfter, HasRetryAfter: res.HasRetryAfter}, rand.Float64)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return graph.Page{}, ctx.Err()
-		case <-t.C:
-		}
+		var res graph.Result
+		var err error
+		p, res, err = l.ListAssignments(ctx, q)
+		return res, err
+	})
+	switch {
+	case ctx.Err() != nil:
+		return graph.Page{}, ctx.Err()
+	case err != nil:
+		return graph.Page{}, fmt.Errorf("list assignments, page %d: %w", page, err)
+	case res.Status != http.StatusOK:
+		return graph.Page{}, fmt.Errorf("list assignments, page %d: graph answered %d%s (request-id %s)", page, res.Status, res.Detail(), res.RequestID)
 	}
+	return p, nil
 }

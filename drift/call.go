@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,67 +79,49 @@ func (c *caller) budget(op string) *Budget {
 }
 
 // do calls fn until Graph answers 200 (nil), 404 (errNotFound) or something that is
-// not worth retrying (an error naming the answer).
+// not worth retrying (an error naming the answer), as graph.Retry decides. Each attempt
+// waits for the operation's budget, is counted, and tells an adaptive limiter what Graph
+// answered; a Retry-After pauses the whole budget.
 func (c *caller) do(ctx context.Context, op string, fn func() (graph.Result, error)) error {
 	b := c.budget(op)
-	for attempt := 1; ; attempt++ {
+	fb, _ := b.Limiter.(Feedback)
+	res, err := graph.Retry(ctx, c.attempts, c.backoff, func() (graph.Result, error) {
 		if err := b.wait(ctx); err != nil {
-			return err
+			return graph.Result{}, err
 		}
 		start := time.Now()
 		res, err := fn()
 		took := time.Since(start)
 		c.count(op)
-		fb, _ := b.Limiter.(Feedback)
-		retry := false
 		switch {
-		case ctx.Err() != nil:
-			return ctx.Err()
-		case err != nil && (errors.Is(err, graph.ErrNetwork) || errors.Is(err, graph.ErrTimeout) || errors.Is(err, graph.ErrDecode) && res.Status == 0):
-			retry = true
 		case err != nil:
-			return err
 		case res.Status == http.StatusOK:
 			if fb != nil {
 				fb.Succeeded(took)
 			}
-			return nil
-		case res.Status == http.StatusNotFound:
-			return errNotFound
-		case worker.Retryable(res.Status):
-			retry = true
-			err = fmt.Errorf("graph answered %d", res.Status)
-			if res.Status == http.StatusTooManyRequests {
-				c.throttled.Add(1)
-				if fb != nil {
-					fb.Throttled(took, res.RetryAfter, res.HasRetryAfter)
-				}
+		case res.Status == http.StatusTooManyRequests:
+			c.throttled.Add(1)
+			if fb != nil {
+				fb.Throttled(took, res.RetryAfter, res.HasRetryAfter)
 			}
-			if res.HasRetryAfter && res.RetryAfter > 0 {
-				b.pause(min(res.RetryAfter, maxPause))
-			}
-		default:
-			return fmt.Errorf("%s: graph answered %d%s (request-id %s)", op, res.Status, errorDetail(res), res.RequestID)
 		}
-		if !retry || attempt >= c.attempts {
-			return fmt.Errorf("%s, after %d attempts: %w", op, attempt, err)
+		if err == nil && worker.Retryable(res.Status) && res.HasRetryAfter && res.RetryAfter > 0 {
+			b.pause(min(res.RetryAfter, maxPause))
 		}
-		delay := c.backoff.Delay(attempt, worker.Response{Status: res.Status, RetryAfter: res.RetryAfter, HasRetryAfter: res.HasRetryAfter}, rand.Float64)
-		if err := sleep(ctx, delay); err != nil {
-			return err
-		}
+		return res, err
+	})
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case err != nil:
+		return fmt.Errorf("%s: %w", op, err)
+	case res.Status == http.StatusOK:
+		return nil
+	case res.Status == http.StatusNotFound:
+		return errNotFound
+	default:
+		return fmt.Errorf("%s: graph answered %d%s (request-id %s)", op, res.Status, res.Detail(), res.RequestID)
 	}
-}
-
-func errorDetail(res graph.Result) string {
-	if res.Error == nil {
-		return ""
-	}
-	d := ": " + res.Error.Error()
-	if len(d) > 1024 {
-		d = strings.ToValidUTF8(d[:1024], "") + "...[truncated]"
-	}
-	return d
 }
 
 func (b *Budget) pause(d time.Duration) {
