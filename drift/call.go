@@ -93,22 +93,22 @@ func (c *caller) do(ctx context.Context, op string, fn func() (graph.Result, err
 		res, err := fn()
 		took := time.Since(start)
 		c.count(op)
+		if err != nil {
+			return res, err
+		}
 		switch {
-		case err != nil:
-		case res.Status == http.StatusOK:
-			if fb != nil {
-				fb.Succeeded(took)
-			}
+		case res.Status == http.StatusOK && fb != nil:
+			fb.Succeeded(took)
 		case res.Status == http.StatusTooManyRequests:
 			c.throttled.Add(1)
 			if fb != nil {
 				fb.Throttled(took, res.RetryAfter, res.HasRetryAfter)
 			}
 		}
-		if err == nil && worker.Retryable(res.Status) && res.HasRetryAfter && res.RetryAfter > 0 {
+		if worker.Retryable(res.Status) && res.HasRetryAfter && res.RetryAfter > 0 {
 			b.pause(min(res.RetryAfter, maxPause))
 		}
-		return res, err
+		return res, nil
 	})
 	switch {
 	case ctx.Err() != nil:
