@@ -32,11 +32,13 @@ type SharedRate interface {
 	SetReplicas(n int)
 	// Adopt sets the rate to this replica's share of the deployment's discovered rate.
 	Adopt(share float64)
-	// Lead makes this replica the leader of a grid of of replicas at a heartbeat (until
-	// until, unless renewed), grows the rate if due, and returns the leader's next slot,
-	// the rate and whether it is discovered (ratelimit.Adaptive.Lead).
-	Lead(of int, until time.Time) (start time.Time, rate float64, discovered bool)
-	// Follow puts this replica on the leader's grid and takes the leader's rate.
+	// Lead makes this replica the leader of a grid of of replicas (until until, unless
+	// renewed), grows the rate if due and grow is set (at a heartbeat, not at the answer to
+	// a hello), and returns the leader's next slot, the rate and whether it is discovered
+	// (ratelimit.Adaptive.Lead).
+	Lead(of int, until time.Time, grow bool) (start time.Time, rate float64, discovered bool)
+	// Follow puts this replica on the leader's grid and takes the leader's rate; a rate
+	// of 0 moves only the grid.
 	Follow(g ratelimit.Grid, rate float64, discovered bool)
 }
 
@@ -99,6 +101,8 @@ type Control struct {
 	adopted     bool
 	started     time.Time
 	answered    time.Time // the last hello answered
+	lastTick    controlMsg
+	tickHeard   time.Time // when lastTick was heard; zero before any
 
 	sub       *nats.Subscription
 	stop      chan struct{}
@@ -309,15 +313,19 @@ func (c *Control) receive(msg *nats.Msg) {
 			c.cfg.Logger.Warn("ignoring a replica: already counting the most replicas there may be", "replica", m.Instance, "max", maxPeers)
 			return
 		}
-		if !known {
-			c.cfg.Logger.Info("replica joined", "replica", m.Instance)
-			c.update()
-		}
 		if m.Tick {
 			c.follow(m, now)
 		}
-		if m.Kind == "hello" && c.mayAnswer(now) {
-			c.beat() // answer at once, so that it learns the rate and any pause
+		if !known {
+			c.cfg.Logger.Info("replica joined", "replica", m.Instance)
+			c.update()
+			c.refollow()
+		}
+		// A hello is answered at once, so that the newcomer learns the rate and any pause.
+		// The leader answers with a tick, and ticks when it hears of a replica it did not
+		// know, so that the grid is re-ranked at once and a newcomer's first calls are on it.
+		if (m.Kind == "hello" || (!known && c.leads())) && c.mayAnswer(now) {
+			c.tick(false)
 		}
 	case "bye":
 		c.mu.Lock()
@@ -327,8 +335,18 @@ func (c *Control) receive(msg *nats.Msg) {
 		if known {
 			c.cfg.Logger.Info("replica left", "replica", m.Instance)
 			c.update()
+			c.refollow()
+			if c.leads() && c.mayAnswer(now) { // the leader may be the one that left
+				c.tick(false)
+			}
 		}
 	}
+}
+
+// leads reports whether this replica is the leader of the live ones.
+func (c *Control) leads() bool {
+	leader, _, _ := c.place()
+	return leader == c.id
 }
 
 // update tells the limiter how many replicas are live and, once, adopts the share of the
@@ -357,8 +375,9 @@ func (c *Control) update() {
 	}
 }
 
-// mayAnswer reports whether a hello may be answered now: at most one answer a tenth of an
-// interval, so that a flood of hellos on the control subject is not echoed as a flood.
+// mayAnswer reports whether a hello, a join or a leave may be answered now: at most one
+// answer a tenth of an interval, so that a flood of hellos or of made-up replicas on the
+// control subject is not echoed as a flood.
 func (c *Control) mayAnswer(now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -384,11 +403,15 @@ func (c *Control) place() (leader string, rank, n int) {
 	return leader, rank, 1 + len(c.peers)
 }
 
-// follow puts this replica on the grid of a tick, when it comes from the leader.
+// follow puts this replica on the grid of a tick heard at now, when it comes from the
+// leader.
 func (c *Control) follow(m *controlMsg, now time.Time) {
 	if c.cfg.Rate == nil {
 		return
 	}
+	c.mu.Lock()
+	c.lastTick, c.tickHeard = *m, now
+	c.mu.Unlock()
 	leader, rank, n := c.place()
 	if m.ID != leader || n < 2 {
 		return
@@ -402,15 +425,31 @@ func (c *Control) follow(m *controlMsg, now time.Time) {
 	c.cfg.Rate.Follow(g, m.Rate, m.Discovered)
 }
 
-// tick is the heartbeat of the leader: it anchors the grid and carries the rate.
-func (c *Control) tick() {
+// refollow re-ranks this replica on the last tick's grid when the live replicas change, so
+// that a replica that learns of the others one by one (a newcomer hearing their answers)
+// does not stay on a grid of too few until the next tick. The rate stays as it is: it
+// may have been cut since that tick.
+func (c *Control) refollow() {
+	c.mu.Lock()
+	m, heard := c.lastTick, c.tickHeard
+	c.mu.Unlock()
+	if !heard.IsZero() && c.cfg.Now().Sub(heard) < 3*c.cfg.Interval {
+		m.Rate = 0 // ratelimit.Adaptive.Follow then only moves the grid
+		c.follow(&m, heard)
+	}
+}
+
+// tick is the heartbeat of the leader: it anchors the grid and carries the rate. Of the
+// other replicas it is a plain heartbeat. grow is set at the heartbeat, whose interval
+// paces the deployment's growth, and not when answering a hello.
+func (c *Control) tick(grow bool) {
 	leader, _, n := c.place()
 	if c.cfg.Rate == nil || leader != c.id || n < 2 {
 		c.beat()
 		return
 	}
 	now := c.cfg.Now()
-	start, r, discovered := c.cfg.Rate.Lead(n, now.Add(3*c.cfg.Interval))
+	start, r, discovered := c.cfg.Rate.Lead(n, now.Add(3*c.cfg.Interval), grow)
 	m := controlMsg{Kind: "beat", Tick: true, Rate: r, Discovered: discovered,
 		SlotInUS: min(max(start.Sub(now).Microseconds(), 0), maxSlotInUS)}
 	c.withPause(&m, now)
@@ -445,7 +484,7 @@ func (c *Control) heartbeat() {
 			return
 		case <-t.C:
 		}
-		c.tick()
+		c.tick(true)
 		now := c.cfg.Now()
 		var gone []string
 		c.mu.Lock()
@@ -460,5 +499,8 @@ func (c *Control) heartbeat() {
 			c.cfg.Logger.Info("replicas silent, counted gone", "count", len(gone))
 		}
 		c.update()
+		if len(gone) > 0 {
+			c.refollow()
+		}
 	}
 }

@@ -25,6 +25,7 @@ type fakeRate struct {
 	peerCuts   int
 	adopted    float64
 	leads      int            // ticks this replica led
+	grows      int            // of them, heartbeats that may grow the rate
 	grid       ratelimit.Grid // the last grid followed
 	followed   float64        // the rate that came with it
 }
@@ -38,22 +39,28 @@ func (f *fakeRate) SetReplicas(n int) {
 	f.mu.Unlock()
 }
 func (f *fakeRate) Adopt(share float64) { f.mu.Lock(); f.adopted = share; f.mu.Unlock() }
-func (f *fakeRate) Lead(of int, until time.Time) (time.Time, float64, bool) {
+func (f *fakeRate) Lead(of int, until time.Time, grow bool) (time.Time, float64, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.leads++
+	if grow {
+		f.grows++
+	}
 	return time.Now().Add(7 * time.Millisecond), f.rate, f.discovered
 }
 func (f *fakeRate) Follow(g ratelimit.Grid, rate float64, _ bool) {
 	f.mu.Lock()
-	f.grid, f.followed = g, rate
+	f.grid = g
+	if rate > 0 {
+		f.followed = rate
+	}
 	f.mu.Unlock()
 }
 func (f *fakeRate) get() fakeRate {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return fakeRate{rate: f.rate, discovered: f.discovered, replicas: f.replicas, peerCuts: f.peerCuts, adopted: f.adopted,
-		leads: f.leads, grid: f.grid, followed: f.followed}
+		leads: f.leads, grows: f.grows, grid: f.grid, followed: f.followed}
 }
 
 // pauses records the pauses a Control applies.
@@ -75,9 +82,15 @@ type replica struct {
 
 func startReplica(t *testing.T, url, name string, r *fakeRate) replica {
 	t.Helper()
+	return startReplicaEvery(t, url, name, r, 50*time.Millisecond)
+}
+
+// startReplicaEvery starts a replica whose heartbeats come every interval.
+func startReplicaEvery(t *testing.T, url, name string, r *fakeRate, interval time.Duration) replica {
+	t.Helper()
 	nc, _ := connect(t, url)
 	p := &pauses{}
-	c, err := StartControl(nc, ControlConfig{Prefix: "t", Instance: name, Interval: 50 * time.Millisecond, Rate: r, Pause: p.pause, Logger: testLogger(t)})
+	c, err := StartControl(nc, ControlConfig{Prefix: "t", Instance: name, Interval: interval, Rate: r, Pause: p.pause, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,10 +176,17 @@ func TestControlLeaderTicksAndOthersFollowItsGrid(t *testing.T) {
 		}
 		return leader.r.get().leads > 0
 	})
+	// A replica may lead before it hears of a lower id; once all are known, only the
+	// leader leads.
+	var led []int
+	for _, r := range rs[1:] {
+		led = append(led, r.r.get().leads)
+	}
+	time.Sleep(200 * time.Millisecond) // four heartbeats
 	for rank, r := range rs[1:] {
 		got := r.r.get()
-		if got.leads != 0 {
-			t.Errorf("replica %d of 3 led %d ticks", rank+1, got.leads)
+		if got.leads != led[rank] {
+			t.Errorf("replica %d of 3 led %d ticks while following", rank+1, got.leads-led[rank])
 		}
 		if got.grid.Rank != rank+1 || got.followed != leader.r.get().rate {
 			t.Errorf("replica of rank %d followed rank %d at %v/s, want the leader's %v/s", rank+1, got.grid.Rank, got.followed, leader.r.get().rate)
@@ -177,6 +197,46 @@ func TestControlLeaderTicksAndOthersFollowItsGrid(t *testing.T) {
 	}
 	if g := leader.r.get().grid; g.Of != 0 {
 		t.Errorf("the leader followed a grid %+v", g)
+	}
+}
+
+// The grid exists before the first heartbeat: the leader answers a replica that joins with
+// a tick that does not grow the rate, so that a newcomer's first calls are on the grid and
+// not on a collision course with the others'. Whichever of them has the lowest id.
+func TestControlLeaderTicksAtOnceWhenAReplicaJoins(t *testing.T) {
+	t.Parallel()
+	const interval = 5 * time.Second // no heartbeat within the test
+	srv := startServer(t, t.TempDir())
+	var rs []replica
+	for _, name := range []string{"a", "b", "c"} {
+		rs = append(rs, startReplicaEvery(t, srv.ClientURL(), name, &fakeRate{rate: 10, discovered: true}, interval))
+		eventually(t, name+" counted", func() bool {
+			for _, r := range rs {
+				if r.c.Replicas() != len(rs) {
+					return false
+				}
+			}
+			return true
+		})
+		time.Sleep(interval / 10) // past the bound on answers
+	}
+	slices.SortFunc(rs, func(x, y replica) int { return strings.Compare(x.c.id, y.c.id) })
+	eventually(t, "the others on the leader's grid of three", func() bool {
+		for _, r := range rs[1:] {
+			if g := r.r.get().grid; g.Of != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	got := rs[0].r.get()
+	if got.leads == 0 || got.grows != 0 {
+		t.Errorf("the leader led %d ticks, %d of them growing the rate; want some, none growing before a heartbeat", got.leads, got.grows)
+	}
+	for rank, r := range rs[1:] {
+		if g := r.r.get().grid; g.Rank != rank+1 {
+			t.Errorf("replica of rank %d on the grid at rank %d", rank+1, g.Rank)
+		}
 	}
 }
 

@@ -29,15 +29,16 @@ type Grid struct {
 	Until time.Time // without a heartbeat renewing it, the grid lapses then
 }
 
-// Lead makes this replica the leader of a grid of replicas (until until, unless renewed)
-// at a heartbeat. Once per heartbeat it grows the rate, if the time since the last one was
-// in use and saw no cut: the replicas grow together, at the leader's heartbeat. It
-// returns the next slot of the leader, the rate and whether it is discovered, for the
-// heartbeat to announce.
-func (a *Adaptive) Lead(of int, until time.Time) (start time.Time, rate float64, discovered bool) {
+// Lead makes this replica the leader of a grid of replicas (until until, unless renewed).
+// At a heartbeat (grow), once per heartbeat, it grows the rate if the time since the last
+// one was in use and saw no cut: the replicas grow together, at the leader's heartbeat.
+// Between heartbeats (the answer to a replica that has just started) it only re-anchors
+// the grid, so that a replica joining puts its first calls on the grid at once. It returns
+// the next slot of the leader, the rate and whether it is discovered, to announce.
+func (a *Adaptive) Lead(of int, until time.Time, grow bool) (start time.Time, rate float64, discovered bool) {
 	a.mu.Lock()
 	now := a.cfg.Now()
-	if !a.prevLead.IsZero() {
+	if grow && !a.prevLead.IsZero() {
 		tick, elapsed := now.Sub(a.prevLead), now.Sub(a.windowFrom)
 		inUse := float64(a.successes) >= a.rate*elapsed.Seconds()/2
 		a.prevCount, a.prevSpan = a.successes, elapsed
@@ -47,7 +48,9 @@ func (a *Adaptive) Lead(of int, until time.Time) (start time.Time, rate float64,
 			a.mu.Lock()
 		}
 	}
-	a.prevLead = now
+	if grow {
+		a.prevLead = now
+	}
 	interval := a.interval()
 	start = now
 	if next := a.lastSlot.Add(interval); next.After(now) {
@@ -62,19 +65,20 @@ func (a *Adaptive) Lead(of int, until time.Time) (start time.Time, rate float64,
 // Follow puts this replica on the leader's grid and takes the leader's rate, so that
 // every replica's calls have the same interval. A rate more than twice or less than half
 // this replica's own moves it by that factor only: a control message cannot set the rate
-// at will, and the leader's slow start doubles per heartbeat at most.
+// at will, and the leader's slow start doubles per heartbeat at most. A rate of 0 moves
+// only the grid (a re-ranking between ticks).
 func (a *Adaptive) Follow(g Grid, rate float64, discovered bool) {
 	a.mu.Lock()
 	now := a.cfg.Now()
 	a.grid = g
 	a.prevLead = time.Time{}
-	a.prevCount, a.prevSpan = a.successes, now.Sub(a.windowFrom)
-	a.windowFrom, a.successes = now, 0
 	a.slowStart = a.slowStart && !discovered
 	if !(rate > 0) || math.IsInf(rate, 0) {
 		a.mu.Unlock()
 		return
 	}
+	a.prevCount, a.prevSpan = a.successes, now.Sub(a.windowFrom)
+	a.windowFrom, a.successes = now, 0
 	a.setLocked(clamp(rate, a.rate/2, a.rate*2), "took the leading replica's rate")
 }
 

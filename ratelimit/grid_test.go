@@ -51,7 +51,7 @@ func TestGridSpacesTheReplicasCalls(t *testing.T) {
 		a.SetReplicas(3)
 		rs = append(rs, a)
 	}
-	start, rate, discovered := rs[0].Lead(3, c.now().Add(time.Hour))
+	start, rate, discovered := rs[0].Lead(3, c.now().Add(time.Hour), true)
 	for rank, a := range rs[1:] {
 		a.Follow(Grid{Start: start, Rank: rank + 1, Of: 3, Until: c.now().Add(time.Hour)}, rate, discovered)
 	}
@@ -92,19 +92,30 @@ func TestGridGrowsAtTheLeadersHeartbeat(t *testing.T) {
 	lead.SetReplicas(3) // 10 -> 3.33
 	lead.Adopt(10)      // discovered
 	until := c.now().Add(time.Hour)
-	lead.Lead(3, until)
+	lead.Lead(3, until, true)
 	succeed(lead, c, 30, 3*time.Second) // three seconds in use, no heartbeat: no growth
 	if got := lead.Rate(); !near(got, 10) {
 		t.Fatalf("rate %v after successes between heartbeats, want 10", got)
 	}
-	lead.Lead(3, until)
+	lead.Lead(3, until, true)
 	if got := lead.Rate(); !near(got, 11) {
 		t.Fatalf("rate %v after a heartbeat in use, want 10 + 3/3", got)
 	}
+	// A tick answering a replica that joined, between heartbeats, re-anchors the grid but
+	// neither grows the rate nor cuts short the heartbeat's window.
+	succeed(lead, c, 17, 1500*time.Millisecond)
+	if _, rate, _ := lead.Lead(3, until, false); !near(rate, 11) {
+		t.Fatalf("rate %v after a tick between heartbeats, want 11", rate)
+	}
+	succeed(lead, c, 17, 1500*time.Millisecond)
+	lead.Lead(3, until, true)
+	if got := lead.Rate(); !near(got, 12) {
+		t.Fatalf("rate %v after a heartbeat in use with a tick within, want 11 + 3/3", got)
+	}
 	c.add(time.Second) // idle
-	lead.Lead(3, until)
-	if got := lead.Rate(); !near(got, 11) {
-		t.Fatalf("rate %v after an idle heartbeat, want 11", got)
+	lead.Lead(3, until, true)
+	if got := lead.Rate(); !near(got, 12) {
+		t.Fatalf("rate %v after an idle heartbeat, want 12", got)
 	}
 
 	follower, fc, _ := setup(t, Config{Ceiling: 1000, Initial: 10})
@@ -146,7 +157,7 @@ func TestWaitOnTheGrid(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.SetReplicas(2)
-	start, rate, disc := a.Lead(2, time.Now().Add(time.Hour))
+	start, rate, disc := a.Lead(2, time.Now().Add(time.Hour), true)
 	a.Follow(Grid{Start: start, Rank: 1, Of: 2, Until: time.Now().Add(time.Hour)}, rate, disc) // rank 1 of 2 at 1/s
 	if err := a.Wait(context.Background()); err != nil {
 		t.Fatal(err)
@@ -163,8 +174,8 @@ func TestWaitOnTheGrid(t *testing.T) {
 func TestGridSlotsOnlyUpToGridMaxRate(t *testing.T) {
 	t.Parallel()
 	a, c, _ := setup(t, Config{Ceiling: 1000, Initial: 40})
-	a.SetReplicas(2)                  // 20/s
-	a.Lead(2, c.now().Add(time.Hour)) // 40/s for the deployment: slotted
+	a.SetReplicas(2)                        // 20/s
+	a.Lead(2, c.now().Add(time.Hour), true) // 40/s for the deployment: slotted
 	if _, slotted := a.takeSlot(); !slotted {
 		t.Fatal("not on the grid at 40 calls/s for the deployment")
 	}
