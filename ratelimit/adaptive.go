@@ -115,6 +115,8 @@ type Adaptive struct {
 	lastCut    time.Time
 	cooldown   time.Duration // after lastCut: Config.Cooldown, or longer for a slow Graph
 	latency    time.Duration // smoothed time a call takes
+	raised     time.Time     // the last raise at a heartbeat of the grid
+	cutFrom    float64       // the rate the last cut started from: where Graph's limit was
 	logged     float64       // the rate last logged
 	grid       Grid          // the deployment's slots, when replicas share them (grid.go)
 	lastSlot   time.Time     // the slot of the last call paced on the grid
@@ -187,7 +189,7 @@ func (a *Adaptive) Succeeded(took time.Duration) {
 	elapsed := now.Sub(a.windowFrom)
 	window := time.Second
 	if a.slowStart {
-		window = max(slowStartWindow, a.latency) // double once per round trip at most, as TCP does
+		window = a.slowStartSpan()
 	}
 	if elapsed < window {
 		a.mu.Unlock()
@@ -213,9 +215,23 @@ func (a *Adaptive) grown() float64 {
 	step := a.cfg.Step
 	if step == 0 {
 		step = max(1, a.rate*float64(a.replicas)*GrowthPerSecond)
+		if a.rate >= a.cutFrom*(1-nearLimit) && a.rate <= a.cutFrom*(1+nearLimit) {
+			step /= nearLimitSlowdown
+		}
 	}
 	return a.rate + step/float64(a.replicas)
 }
+
+// Near the rate of the last cut (within nearLimit of it, where Graph's limit was found) the
+// default growth is nearLimitSlowdown times slower, as TCP CUBIC flattens its window near
+// the last loss: the rate climbs back quickly to just below the limit, then lingers there
+// instead of going past it every few seconds. At a Graph latency of 1 s each crossing costs
+// about a round trip of 429s before the cut comes back, so fewer crossings are fewer 429s.
+// Past the band the growth is fast again, in case the limit went up.
+const (
+	nearLimit         = 0.05
+	nearLimitSlowdown = 5
+)
 
 // Throttled reports a 429, 503 or 504. The rate is cut at most once per cooldown, to
 // Decrease times the lower of the rate and the rate of successes over the last second or
@@ -259,6 +275,10 @@ func (a *Adaptive) cut(why string) (float64, bool) {
 	}
 	a.prevCount, a.prevSpan = 0, 0
 	a.windowFrom, a.successes = now, 0
+	a.cutFrom = 0 // the admitted rate that ends the slow start counts its ramp: no estimate
+	if !endsSlowStart {
+		a.cutFrom = base
+	}
 	r := a.setLocked(base*a.cfg.Decrease, why)
 	return r, true
 }
@@ -276,6 +296,7 @@ func (a *Adaptive) SetReplicas(n int) {
 	}
 	old := a.replicas
 	a.replicas = n
+	a.cutFrom *= float64(old) / float64(n) // a share of the deployment's, like the rate
 	if n == 1 {
 		a.grid = Grid{} // alone: pace on its own again
 	}
@@ -342,6 +363,15 @@ const GrowthPerSecond = 0.05
 // slowStartWindow is how often the slow start doubles the rate: from 10/s it passes 300/s
 // within three seconds.
 const slowStartWindow = 500 * time.Millisecond
+
+// slowStartSpan is the least time between two doublings of the slow start: one round trip
+// (as TCP doubles once per round trip) and a quarter more, so that the throttled answers to
+// the first calls at a doubled rate come back before the next doubling, not just after it;
+// at 1 s of latency a doubling that raced its own answers overshot to four times the limit
+// and three times as many 429s. a.mu is held.
+func (a *Adaptive) slowStartSpan() time.Duration {
+	return max(slowStartWindow, a.latency*5/4)
+}
 
 // burst allows a tenth of a second's calls at once, at least one.
 func burst(r float64) int { return max(1, int(r/10)) }

@@ -312,3 +312,80 @@ func TestSlowGraphCutsOncePerRoundTrip(t *testing.T) {
 		t.Fatalf("rate %v after 1.6 latencies, want a second cut to 50", got)
 	}
 }
+
+// At a latency of 1 s the slow start doubles once per 1.25 s at most, alone or as the
+// leader of a grid: a doubling at exactly one round trip raced the 429s of the one before
+// it and overshot to four times the limit.
+func TestSlowStartWaitsForTheAnswersOfItsLastDoubling(t *testing.T) {
+	t.Parallel()
+	succeedTaking := func(a *Adaptive, c *clock, n int, d, took time.Duration) {
+		start := c.now()
+		for i := 1; i <= n; i++ {
+			c.mu.Lock()
+			c.t = start.Add(d * time.Duration(i) / time.Duration(n))
+			c.mu.Unlock()
+			a.Succeeded(took)
+		}
+	}
+	alone, c, _ := setup(t, Config{Ceiling: 1000, Initial: 10})
+	succeedTaking(alone, c, 10, time.Second, time.Second)
+	if got := alone.Rate(); !near(got, 10) {
+		t.Fatalf("alone, doubled to %v one round trip after the start, want 10 until 1.25 s", got)
+	}
+	succeedTaking(alone, c, 3, 250*time.Millisecond, time.Second)
+	if got := alone.Rate(); !near(got, 20) {
+		t.Fatalf("alone, %v after 1.25 s of successes, want 20", got)
+	}
+
+	lead, lc, _ := setup(t, Config{Ceiling: 1000, Initial: 10})
+	lead.SetReplicas(2) // 5 each
+	until := lc.now().Add(time.Hour)
+	lead.Lead(2, until, true)
+	succeedTaking(lead, lc, 5, time.Second, time.Second)
+	lead.Lead(2, until, true)
+	if got := lead.Rate(); !near(got, 10) {
+		t.Fatalf("leader at %v after its first heartbeat in use, want 5 doubled", got)
+	}
+	succeedTaking(lead, lc, 10, time.Second, time.Second)
+	lead.Lead(2, until, true)
+	if got := lead.Rate(); !near(got, 10) {
+		t.Fatalf("leader doubled to %v one heartbeat (one round trip) after doubling, want 10 until 1.25 s", got)
+	}
+	succeedTaking(lead, lc, 10, time.Second, time.Second)
+	lead.Lead(2, until, true)
+	if got := lead.Rate(); !near(got, 20) {
+		t.Fatalf("leader at %v two heartbeats after doubling, want 20", got)
+	}
+}
+
+// Past the slow start, the default growth slows to a fifth within 5% of the rate the last
+// cut started from, and is fast again beyond: the rate lingers below the limit it found
+// instead of crossing it every few seconds.
+func TestGrowthLingersNearTheLastLimit(t *testing.T) {
+	t.Parallel()
+	a, c, _ := setup(t, Config{Ceiling: 10000, Initial: 1000})
+	a.Throttled(0, 0, false) // ends the slow start, no estimate of the limit: 850
+	succeed(a, c, 850, time.Second)
+	if got := a.Rate(); !near(got, 850*1.05) {
+		t.Fatalf("rate %v after a second of success, want +5%%", got)
+	}
+	c.add(2 * time.Second)
+	a.Throttled(0, 0, false) // a cut from 892.5: the limit was there
+	if got := a.Rate(); !near(got, 892.5*0.85) {
+		t.Fatalf("rate %v after the cut, want 0.85 × 892.5", got)
+	}
+	var steps []float64
+	for range 12 {
+		before := a.Rate()
+		succeed(a, c, int(before), time.Second)
+		steps = append(steps, a.Rate()/before-1)
+	}
+	// 758.6 grows 5% a second to 878.2 (≥ 0.95 × 892.5), then 1% while within 5% of it
+	// (to 941.5, past 1.05 × 892.5), then 5% again.
+	want := []float64{0.05, 0.05, 0.05, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.05, 0.05}
+	for i := range want {
+		if math.Abs(steps[i]-want[i]) > 1e-9 {
+			t.Fatalf("growth per second %.4f, want %v", steps, want)
+		}
+	}
+}

@@ -31,7 +31,8 @@ type Grid struct {
 
 // Lead makes this replica the leader of a grid of replicas (until until, unless renewed).
 // At a heartbeat (grow), once per heartbeat, it grows the rate if the time since the last
-// one was in use and saw no cut: the replicas grow together, at the leader's heartbeat.
+// one was in use and saw no cut (in the slow start, once per round trip at most, see
+// slowStartSpan): the replicas grow together, at the leader's heartbeat.
 // Between heartbeats (the answer to a replica that has just started) it only re-anchors
 // the grid, so that a replica joining puts its first calls on the grid at once. It returns
 // the next slot of the leader, the rate and whether it is discovered, to announce.
@@ -43,7 +44,9 @@ func (a *Adaptive) Lead(of int, until time.Time, grow bool) (start time.Time, ra
 		inUse := float64(a.successes) >= a.rate*elapsed.Seconds()/2
 		a.prevCount, a.prevSpan = a.successes, elapsed
 		a.windowFrom, a.successes = now, 0
-		if elapsed >= tick*3/4 && inUse {
+		due := !a.slowStart || now.Sub(a.raised) >= a.slowStartSpan()
+		if elapsed >= tick*3/4 && inUse && due {
+			a.raised = now
 			a.setLocked(a.grown(), "raised")
 			a.mu.Lock()
 		}
