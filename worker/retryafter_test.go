@@ -76,12 +76,13 @@ func TestLongRetryAfterHandsBackUncounted(t *testing.T) {
 		d.NumDelivered = n
 		return &fakeMsg{d: d}
 	}
+	// After it, the second delivery (MaxDeliver 2) meets a 500: as the first delivery was
+	// the Retry-After's, it is handed back, not failed. The clock moves past the pause
+	// before the delivery is sent: a fetch already waiting on this fake source takes it at
+	// once, and during the pause it would be handed back for the pause's end instead.
+	clock.Advance(16 * time.Second)
 	second := again(2)
 	src.ch <- second
-
-	// After it, the second delivery (MaxDeliver 2) meets a 500: as the first delivery was
-	// the Retry-After's, it is handed back, not failed.
-	clock.Advance(16 * time.Second)
 	w.Wake()
 	waitFor(t, "the second delivery handed back", func() bool { second.mu.Lock(); defer second.mu.Unlock(); return len(second.naks) == 1 })
 	if k := sk.kinds(); len(k) != 0 {
