@@ -313,9 +313,9 @@ func TestSlowGraphCutsOncePerRoundTrip(t *testing.T) {
 	}
 }
 
-// At a latency of 1 s the slow start doubles once per 1.25 s at most, alone or as the
-// leader of a grid: a doubling at exactly one round trip raced the 429s of the one before
-// it and overshot to four times the limit.
+// At a latency of 1 s the slow start grows once per 1.25 s at most, alone or as the leader
+// of a grid (a doubling at exactly one round trip raced the 429s of the one before it and
+// overshot to four times the limit), and by half rather than doubling.
 func TestSlowStartWaitsForTheAnswersOfItsLastDoubling(t *testing.T) {
 	t.Parallel()
 	succeedTaking := func(a *Adaptive, c *clock, n int, d, took time.Duration) {
@@ -333,8 +333,8 @@ func TestSlowStartWaitsForTheAnswersOfItsLastDoubling(t *testing.T) {
 		t.Fatalf("alone, doubled to %v one round trip after the start, want 10 until 1.25 s", got)
 	}
 	succeedTaking(alone, c, 3, 250*time.Millisecond, time.Second)
-	if got := alone.Rate(); !near(got, 20) {
-		t.Fatalf("alone, %v after 1.25 s of successes, want 20", got)
+	if got := alone.Rate(); !near(got, 15) {
+		t.Fatalf("alone, %v after 1.25 s of successes, want 15 (grown by half: a slow Graph)", got)
 	}
 
 	lead, lc, _ := setup(t, Config{Ceiling: 1000, Initial: 10})
@@ -343,18 +343,25 @@ func TestSlowStartWaitsForTheAnswersOfItsLastDoubling(t *testing.T) {
 	lead.Lead(2, until, true)
 	succeedTaking(lead, lc, 5, time.Second, time.Second)
 	lead.Lead(2, until, true)
-	if got := lead.Rate(); !near(got, 10) {
-		t.Fatalf("leader at %v after its first heartbeat in use, want 5 doubled", got)
+	if got := lead.Rate(); !near(got, 7.5) {
+		t.Fatalf("leader at %v after its first heartbeat in use, want 5 grown by half", got)
 	}
 	succeedTaking(lead, lc, 10, time.Second, time.Second)
 	lead.Lead(2, until, true)
-	if got := lead.Rate(); !near(got, 10) {
-		t.Fatalf("leader doubled to %v one heartbeat (one round trip) after doubling, want 10 until 1.25 s", got)
+	if got := lead.Rate(); !near(got, 7.5) {
+		t.Fatalf("leader grew to %v one heartbeat (one round trip) after growing, want 7.5 until 1.25 s", got)
 	}
 	succeedTaking(lead, lc, 10, time.Second, time.Second)
 	lead.Lead(2, until, true)
-	if got := lead.Rate(); !near(got, 20) {
-		t.Fatalf("leader at %v two heartbeats after doubling, want 20", got)
+	if got := lead.Rate(); !near(got, 11.25) {
+		t.Fatalf("leader at %v two heartbeats after growing, want 11.25", got)
+	}
+
+	// Below 500 ms of latency the slow start doubles.
+	fast, fc, _ := setup(t, Config{Ceiling: 1000, Initial: 10})
+	succeedTaking(fast, fc, 5, 500*time.Millisecond, 400*time.Millisecond)
+	if got := fast.Rate(); !near(got, 20) {
+		t.Fatalf("at 400 ms of latency the slow start went to %v, want 10 doubled", got)
 	}
 }
 
