@@ -380,8 +380,8 @@ const (
 // slowStartSpan is the least time between two doublings of the slow start: one round trip
 // (as TCP doubles once per round trip) and a quarter more, so that the throttled answers to
 // the first calls at a doubled rate come back before the next doubling, not just after it;
-// at 1 s of latency a doubling that raced its own answers overshot to four times the limit
-// and three times as many 429s. a.mu is held.
+// at 1 s of latency a doubling that raced its own answers overshot to four times the
+// limit. a.mu is held.
 func (a *Adaptive) slowStartSpan() time.Duration {
 	return max(slowStartWindow, a.latency*5/4)
 }
