@@ -319,7 +319,9 @@ func (c *Control) receive(msg *nats.Msg) {
 		if !known {
 			c.cfg.Logger.Info("replica joined", "replica", m.Instance)
 			c.update()
-			c.refollow()
+			if !m.Tick { // a tick was just followed with the newcomer counted
+				c.refollow()
+			}
 		}
 		// A hello is answered at once, so that the newcomer learns the rate and any pause.
 		// The leader answers with a tick, and ticks when it hears of a replica it did not
@@ -409,13 +411,13 @@ func (c *Control) follow(m *controlMsg, now time.Time) {
 	if c.cfg.Rate == nil {
 		return
 	}
-	c.mu.Lock()
-	c.lastTick, c.tickHeard = *m, now
-	c.mu.Unlock()
 	leader, rank, n := c.place()
 	if m.ID != leader || n < 2 {
 		return
 	}
+	c.mu.Lock()
+	c.lastTick, c.tickHeard = *m, now // a tick from another than the leader never displaces it
+	c.mu.Unlock()
 	g := ratelimit.Grid{
 		Start: now.Add(time.Duration(m.SlotInUS) * time.Microsecond),
 		Rank:  rank,
