@@ -16,6 +16,7 @@ import (
 	"github.com/reprocessor/reprocessor/bench"
 	"github.com/reprocessor/reprocessor/config"
 	"github.com/reprocessor/reprocessor/logging"
+	"github.com/reprocessor/reprocessor/service"
 )
 
 // cmdBench runs the embedded NATS server, the simulated Graph and N worker replicas, publishes
@@ -65,6 +66,10 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 		fmt.Fprintf(stderr, "reprocessor bench: %v\n", err)
 		return exitUsage
 	}
+	// The workers in this process get the garbage collector of reprocessor run, and so do
+	// the bare pipelines beside them; a child (--processes: reprocessor run) sets its own,
+	// and the peer keeps Go's defaults, as a Watermill user's worker would.
+	service.TuneGC(getenv, log)
 	if *cpuProfile != "" {
 		pf, err := os.Create(*cpuProfile)
 		if err != nil {

@@ -57,6 +57,7 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 		fmt.Fprintf(stderr, "reprocessor demo: %v\n", err)
 		return exitUsage
 	}
+	service.TuneGC(getenv, log)
 
 	gt, err := graphtest.Start(graphtest.Realistic())
 	if err != nil {

@@ -54,6 +54,18 @@ type env map[string]string
 
 func (e env) get(name string) string { return e[name] }
 
+// with returns a copy of e with more's variables added over its own.
+func (e env) with(more env) env {
+	out := env{}
+	for k, v := range e {
+		out[k] = v
+	}
+	for k, v := range more {
+		out[k] = v
+	}
+	return out
+}
+
 // system is a NATS server, the simulated Graph and a client to both: what a worker under
 // test runs against.
 type system struct {

@@ -114,6 +114,7 @@ func cmdRun(ctx context.Context, args []string, getenv func(string) string, stdo
 		fmt.Fprintf(stderr, "reprocessor run: %v\n", err)
 		return exitUsage
 	}
+	service.TuneGC(getenv, log)
 	if err := service.Run(ctx, cfg, log, getenv, service.Options{}); err != nil {
 		log.Error("reprocessor stopped", "err", err)
 		return exitFailed

@@ -178,6 +178,39 @@ func TestSIGTERMFinishesInFlight(t *testing.T) {
 	}
 }
 
+// TestRunSetsTheGarbageCollector: reprocessor run sets GOGC to its default where the
+// environment does not, keeps what the environment sets, and says so in its log and
+// metrics.
+func TestRunSetsTheGarbageCollector(t *testing.T) {
+	t.Parallel()
+	sys := newSystem(t, graphtest.Options{})
+	for _, tc := range []struct {
+		name      string
+		env       env
+		gogc      float64
+		memLimit  float64 // go_gc_gomemlimit_bytes; 0: any (the machine's container may have a limit)
+		logFields string
+	}{
+		{name: "defaults", env: env{}, gogc: 400, logFields: "gogc=400 gogc_from=default"},
+		{name: "GOGC and GOMEMLIMIT set", env: env{"GOGC": "150", "GOMEMLIMIT": "300MiB"}, gogc: 150, memLimit: 300 << 20,
+			logFields: "gogc=150 gogc_from=GOGC memory_limit_bytes=314572800 memory_limit_from=GOMEMLIMIT"},
+	} {
+		c := sys.startChild(t, tc.name, env{"REPROCESSOR_LOG_LEVEL": "info"}.with(tc.env))
+		c.waitRunning()
+		_, body := c.get("/metrics")
+		if got := metricValue(body, "go_gc_gogc_percent"); got != tc.gogc {
+			t.Errorf("%s: go_gc_gogc_percent %g, want %g", tc.name, got, tc.gogc)
+		}
+		if got := metricValue(body, "go_gc_gomemlimit_bytes"); tc.memLimit != 0 && got != tc.memLimit {
+			t.Errorf("%s: go_gc_gomemlimit_bytes %g, want %g", tc.name, got, tc.memLimit)
+		}
+		if logs := c.logs.String(); !strings.Contains(logs, "garbage collector") || !strings.Contains(logs, tc.logFields) {
+			t.Errorf("%s: the log does not say %q:\n%s", tc.name, tc.logFields, excerpt(logs, "garbage collector"))
+		}
+		c.terminate(30 * time.Second)
+	}
+}
+
 // TestWrongClientSecret runs a worker whose client secret the authority refuses: it stays
 // up, says why on /readyz and in its log, retries the token with backoff, calls Graph for
 // nothing and leaves every message queued; a worker with the right secret then does them
@@ -369,7 +402,7 @@ func (s *system) startChild(t *testing.T, name string, overrides env) *child {
 	var environ []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(k, "NATS_") && !strings.HasPrefix(k, "AZURE_") && !strings.HasPrefix(k, "REPROCESSOR_") && !strings.HasPrefix(k, "SSL_CERT_") {
+		if !strings.HasPrefix(k, "NATS_") && !strings.HasPrefix(k, "AZURE_") && !strings.HasPrefix(k, "REPROCESSOR_") && !strings.HasPrefix(k, "SSL_CERT_") && k != "GOGC" && k != "GOMEMLIMIT" {
 			environ = append(environ, kv)
 		}
 	}
