@@ -160,9 +160,7 @@ func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began 
 		if err != nil {
 			return stopping, w.cfg.ShutdownNakDelay, false
 		}
-		pctx, ps := w.cfg.Tracer.Start(ctx, "wait for the rate limit and any Retry-After")
-		err = w.pace(pctx, deadline)
-		ps.End()
+		err = w.tracedPace(ctx, deadline)
 		waited += w.cfg.Now().Sub(t0)
 		var long *longPause
 		if errors.As(err, &long) {
@@ -239,6 +237,16 @@ func (w *Worker) call(ctx, work context.Context, d Delivery, req Request, began 
 			return stopping, w.cfg.ShutdownNakDelay, false
 		}
 	}
+}
+
+// tracedPace is pace in a span of its own, unless tracing is off.
+func (w *Worker) tracedPace(ctx context.Context, deadline time.Time) error {
+	if w.traceOff {
+		return w.pace(ctx, deadline)
+	}
+	ctx, span := w.cfg.Tracer.Start(ctx, "wait for the rate limit and any Retry-After")
+	defer span.End()
+	return w.pace(ctx, deadline)
 }
 
 // pace waits for the throttle gate and the rate limiter. A pause that lasts past deadline

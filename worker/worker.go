@@ -1,6 +1,8 @@
 package worker
 
 import (
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +24,8 @@ type Worker struct {
 	co       *coalescer
 	attempts attemptLog
 	beats    heartbeats
+
+	traceOff bool // Config.Tracer is a no-op one: spans are not built (trace.go)
 
 	limit    ConcurrencyLimit // how many requests may be worked at once
 	requests *pump
@@ -63,6 +67,7 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 		beats:    heartbeats{m: make(map[Message]time.Time)},
 		poolStop: make(chan struct{}),
 	}
+	_, w.traceOff = cfg.Tracer.(noop.Tracer)
 	if w.gate == nil {
 		w.gate = NewGate(cfg.Now, obs)
 	}

@@ -528,3 +528,43 @@ func TestWakeEndsAHoldAtOnce(t *testing.T) {
 	w.Wake()
 	waitFor(t, "the held request to be accepted after Wake", func() bool { return sk.kinds()[KindAccepted] == 1 })
 }
+
+// TestTracingOffCarriesTheProducersTrace: with no tracer configured (tracing off) the
+// worker builds no span of its own, yet an event still carries the producer's traceparent,
+// as it did through a no-op tracer; a request without one gives events without one. The
+// Graph call's context carries the producer's span context too.
+func TestTracingOffCarriesTheProducersTrace(t *testing.T) {
+	t.Parallel()
+	const producer = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	var mu sync.Mutex
+	seen := map[string]string{}
+	s := newSetup(t, Config{Concurrency: 2}, func(ctx context.Context, id string) (Response, error) {
+		mu.Lock()
+		seen[id] = traceParent(ctx)
+		mu.Unlock()
+		return Response{Status: 202}, nil
+	})
+	if !s.w.traceOff {
+		t.Fatal("the default tracer is not taken for a no-op one")
+	}
+	s.seq++
+	s.src.ch <- &fakeMsg{d: Delivery{Data: []byte(guid(1)), Stream: "S", StreamSeq: s.seq, NumDelivered: 1, Timestamp: time.Now(),
+		Header: map[string][]string{"Traceparent": {producer}}}}
+	s.send(guid(2), 1)
+	waitFor(t, "2 accepted", func() bool { return s.sink.kinds()[KindAccepted] == 2 })
+	want := map[string]string{guid(1): producer, guid(2): ""}
+	s.sink.mu.Lock()
+	defer s.sink.mu.Unlock()
+	for _, e := range s.sink.events {
+		if e.TraceParent != want[e.Subject] {
+			t.Errorf("event of %s: traceparent %q, want %q", e.Subject, e.TraceParent, want[e.Subject])
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for id, tp := range want {
+		if seen[id] != tp {
+			t.Errorf("Graph call of %s: traceparent %q in its context, want %q", id, seen[id], tp)
+		}
+	}
+}
