@@ -283,7 +283,9 @@ func (w *Worker) settle(work context.Context, m Message, d Delivery, req Request
 	now := w.cfg.Now()
 	ev := w.event(d, req, res, now)
 	ev.TraceParent = traceParent(work)
-	trace.SpanFromContext(work).SetAttributes(attribute.String("reprocessor.outcome", res.kind), attribute.String("reprocessor.assignment_id", req.ID))
+	if span := trace.SpanFromContext(work); span.IsRecording() {
+		span.SetAttributes(attribute.String("reprocessor.outcome", res.kind), attribute.String("reprocessor.assignment_id", req.ID))
+	}
 	stored, err := w.publish(work, "event", func(ctx context.Context) (Stored, error) { return w.deps.Events.PublishEvent(ctx, ev) })
 	if err != nil {
 		w.keepOutcome(m, d, res, "event", err)
