@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"math"
 	"runtime/debug"
+	"runtime/metrics"
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
 )
@@ -50,8 +51,6 @@ func tuneGC(getenv func(string) string, cgroupLimit func() (uint64, error), log 
 		debug.SetGCPercent(gcPercent)
 		g.PercentFrom = "default"
 	}
-	g.Percent = debug.SetGCPercent(-1)
-	debug.SetGCPercent(g.Percent)
 	if getenv("GOMEMLIMIT") == "" {
 		g.LimitFrom = "none"
 		limit, err := cgroupLimit()
@@ -63,8 +62,13 @@ func tuneGC(getenv func(string) string, cgroupLimit func() (uint64, error), log 
 			log.Warn("the container's memory limit could not be read; Go's soft memory limit is left unset (set GOMEMLIMIT)", "err", err)
 		}
 	}
-	if l := debug.SetMemoryLimit(-1); l != math.MaxInt64 {
-		g.MemoryLimit = l
+	// What is in force, read without changing it (debug.SetGCPercent(-1) would switch the
+	// collector off for a moment).
+	in := []metrics.Sample{{Name: "/gc/gogc:percent"}, {Name: "/gc/gomemlimit:bytes"}}
+	metrics.Read(in)
+	g.Percent = int(in[0].Value.Uint64())
+	if l := in[1].Value.Uint64(); l < math.MaxInt64 {
+		g.MemoryLimit = int64(l)
 	}
 	log.Info("garbage collector", "gogc", g.Percent, "gogc_from", g.PercentFrom, "memory_limit_bytes", g.MemoryLimit, "memory_limit_from", g.LimitFrom)
 	return g

@@ -1,10 +1,12 @@
 package service
 
 import (
+	"bytes"
 	"errors"
 	"log/slog"
 	"math"
 	"runtime/debug"
+	"strings"
 	"testing"
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
@@ -32,6 +34,7 @@ func TestTuneGC(t *testing.T) {
 		startLimit  int64 // likewise
 		want        GC
 		wantRuntime int64 // the soft limit after, MaxInt64 for none
+		wantWarning bool  // the log warns that the container's limit could not be read
 	}{
 		{
 			name: "nothing set, no container limit", cgroup: cgroup(0, memlimit.ErrNoLimit), startGOGC: 100, startLimit: math.MaxInt64,
@@ -51,7 +54,7 @@ func TestTuneGC(t *testing.T) {
 		{
 			name: "the cgroup unreadable", cgroup: cgroup(0, errors.New("permission denied")), startGOGC: 100, startLimit: math.MaxInt64,
 			want:        GC{Percent: gcPercent, PercentFrom: "default", LimitFrom: "none"},
-			wantRuntime: math.MaxInt64,
+			wantRuntime: math.MaxInt64, wantWarning: true,
 		},
 		{
 			name: "GOGC and GOMEMLIMIT set", env: map[string]string{"GOGC": "150", "GOMEMLIMIT": "256MiB"},
@@ -68,7 +71,14 @@ func TestTuneGC(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			debug.SetGCPercent(tc.startGOGC)
 			debug.SetMemoryLimit(tc.startLimit)
-			got := tuneGC(func(k string) string { return tc.env[k] }, tc.cgroup, slog.New(slog.DiscardHandler))
+			var logs bytes.Buffer
+			got := tuneGC(func(k string) string { return tc.env[k] }, tc.cgroup, slog.New(slog.NewTextHandler(&logs, nil)))
+			if warned := strings.Contains(logs.String(), "level=WARN"); warned != tc.wantWarning {
+				t.Errorf("warned %v, want %v:\n%s", warned, tc.wantWarning, logs.String())
+			}
+			if !strings.Contains(logs.String(), "garbage collector") {
+				t.Errorf("no log line says what the collector was set to:\n%s", logs.String())
+			}
 			if got != tc.want {
 				t.Errorf("tuneGC = %+v, want %+v", got, tc.want)
 			}

@@ -1,8 +1,6 @@
 package worker
 
 import (
-	"go.opentelemetry.io/otel/trace/noop"
-
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // Worker takes request messages from a Source and settles each one.
