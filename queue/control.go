@@ -313,15 +313,17 @@ func (c *Control) receive(msg *nats.Msg) {
 			c.cfg.Logger.Warn("ignoring a replica: already counting the most replicas there may be", "replica", m.Instance, "max", maxPeers)
 			return
 		}
-		if m.Tick {
-			c.follow(m, now)
-		}
 		if !known {
 			c.cfg.Logger.Info("replica joined", "replica", m.Instance)
 			c.update()
-			if !m.Tick { // a tick was just followed with the newcomer counted
-				c.refollow()
-			}
+		}
+		// After update: SetReplicas scales the rate by old/new, and the rate a tick carries
+		// is already the leader's share of the new count, so it must have the last word.
+		switch {
+		case m.Tick:
+			c.follow(m, now)
+		case !known:
+			c.refollow()
 		}
 		// A hello is answered at once, so that the newcomer learns the rate and any pause.
 		// The leader answers with a tick, and ticks when it hears of a replica it did not

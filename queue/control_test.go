@@ -28,6 +28,7 @@ type fakeRate struct {
 	grows      int            // of them, heartbeats that may grow the rate
 	grid       ratelimit.Grid // the last grid followed
 	followed   float64        // the rate that came with it
+	calls      []string       // "replicas", "adopt" and "follow" (with a rate), in order
 }
 
 func (f *fakeRate) Rate() float64    { f.mu.Lock(); defer f.mu.Unlock(); return f.rate }
@@ -36,9 +37,15 @@ func (f *fakeRate) PeerThrottled()   { f.mu.Lock(); f.peerCuts++; f.mu.Unlock() 
 func (f *fakeRate) SetReplicas(n int) {
 	f.mu.Lock()
 	f.replicas = n
+	f.calls = append(f.calls, "replicas")
 	f.mu.Unlock()
 }
-func (f *fakeRate) Adopt(share float64) { f.mu.Lock(); f.adopted = share; f.mu.Unlock() }
+func (f *fakeRate) Adopt(share float64) {
+	f.mu.Lock()
+	f.adopted = share
+	f.calls = append(f.calls, "adopt")
+	f.mu.Unlock()
+}
 func (f *fakeRate) Lead(of int, until time.Time, grow bool) (time.Time, float64, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -53,6 +60,7 @@ func (f *fakeRate) Follow(g ratelimit.Grid, rate float64, _ bool) {
 	f.grid = g
 	if rate > 0 {
 		f.followed = rate
+		f.calls = append(f.calls, "follow")
 	}
 	f.mu.Unlock()
 }
@@ -60,7 +68,7 @@ func (f *fakeRate) get() fakeRate {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return fakeRate{rate: f.rate, discovered: f.discovered, replicas: f.replicas, peerCuts: f.peerCuts, adopted: f.adopted,
-		leads: f.leads, grows: f.grows, grid: f.grid, followed: f.followed}
+		leads: f.leads, grows: f.grows, grid: f.grid, followed: f.followed, calls: slices.Clone(f.calls)}
 }
 
 // pauses records the pauses a Control applies.
@@ -237,6 +245,40 @@ func TestControlLeaderTicksAtOnceWhenAReplicaJoins(t *testing.T) {
 		if g := r.r.get().grid; g.Rank != rank+1 {
 			t.Errorf("replica of rank %d on the grid at rank %d", rank+1, g.Rank)
 		}
+	}
+}
+
+// TestControlNewcomerEndsOnTheLeadersRate: a replica that first hears of the leader by its
+// tick counts it (SetReplicas, which scales the rate by old/new, and Adopt) before it takes
+// the tick's rate, which is already the leader's share of the new count: the tick's rate
+// has the last word, not a scaled copy of it.
+func TestControlNewcomerEndsOnTheLeadersRate(t *testing.T) {
+	t.Parallel()
+	const interval = 5 * time.Second // the leader's answer to the hello is the only tick
+	srv := startServer(t, t.TempDir())
+	leader := startReplicaEvery(t, srv.ClientURL(), "a", &fakeRate{rate: 40, discovered: true}, interval)
+	var newcomer replica
+	for {
+		// The newcomer must rank after the leader, so that the first it hears of the
+		// leader is a tick (ids are random): start another until one does.
+		newcomer = startReplicaEvery(t, srv.ClientURL(), "b", &fakeRate{rate: 10, discovered: true}, interval)
+		if newcomer.c.id > leader.c.id {
+			break
+		}
+		newcomer.c.Close()
+		eventually(t, "the discarded replica gone", func() bool { return leader.c.Replicas() == 1 })
+		time.Sleep(interval / 10) // past the bound on answers, so that the next hello is answered
+	}
+	eventually(t, "the newcomer on the leader's grid", func() bool { return newcomer.r.get().grid.Of == 2 })
+	calls := newcomer.r.get().calls
+	last := slices.Index(calls, "follow")
+	for i, c := range calls {
+		if c != "follow" && i > last {
+			t.Fatalf("the newcomer's limiter was asked %v: %q after the first tick's rate", calls, c)
+		}
+	}
+	if leader.r.get().grows != 0 {
+		t.Error("the leader grew its rate in its answer to a hello")
 	}
 }
 
