@@ -407,26 +407,34 @@ func (c *Control) place() (leader string, rank, n int) {
 	return leader, rank, 1 + len(c.peers)
 }
 
-// follow puts this replica on the grid of a tick heard at now, when it comes from the
-// leader.
+// follow puts this replica on the grid of a tick heard at now, and takes its rate, when it
+// comes from the leader; the tick is kept for refollow.
 func (c *Control) follow(m *controlMsg, now time.Time) {
+	if c.onGrid(m, now, m.Rate) {
+		c.mu.Lock()
+		c.lastTick, c.tickHeard = *m, now // a tick from another than the leader never displaces it
+		c.mu.Unlock()
+	}
+}
+
+// onGrid puts this replica on the grid of a tick heard at now with rate (0: the grid
+// only), if the tick is the leader's; it reports whether it was.
+func (c *Control) onGrid(m *controlMsg, now time.Time, rate float64) bool {
 	if c.cfg.Rate == nil {
-		return
+		return false
 	}
 	leader, rank, n := c.place()
 	if m.ID != leader || n < 2 {
-		return
+		return false
 	}
-	c.mu.Lock()
-	c.lastTick, c.tickHeard = *m, now // a tick from another than the leader never displaces it
-	c.mu.Unlock()
 	g := ratelimit.Grid{
 		Start: now.Add(time.Duration(m.SlotInUS) * time.Microsecond),
 		Rank:  rank,
 		Of:    n,
 		Until: now.Add(3 * c.cfg.Interval),
 	}
-	c.cfg.Rate.Follow(g, m.Rate, m.Discovered)
+	c.cfg.Rate.Follow(g, rate, m.Discovered)
+	return true
 }
 
 // refollow re-ranks this replica on the last tick's grid when the live replicas change, so
@@ -438,8 +446,7 @@ func (c *Control) refollow() {
 	m, heard := c.lastTick, c.tickHeard
 	c.mu.Unlock()
 	if !heard.IsZero() && c.cfg.Now().Sub(heard) < 3*c.cfg.Interval {
-		m.Rate = 0 // ratelimit.Adaptive.Follow then only moves the grid
-		c.follow(&m, heard)
+		c.onGrid(&m, heard, 0) // a rate of 0: ratelimit.Adaptive.Follow only moves the grid
 	}
 }
 
