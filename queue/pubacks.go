@@ -24,6 +24,7 @@ import (
 type AckedPublisher struct {
 	nc      *nats.Conn
 	timeout time.Duration
+	writes  combiner // publishes in bursts: see combiner
 
 	mu     sync.Mutex
 	prefix string // the reply subjects' prefix, "<inbox>."; empty until the first publish
@@ -72,10 +73,11 @@ func (a *AckedPublisher) Publish(ctx context.Context, m *nats.Msg) (PubAck, erro
 	a.mu.Unlock()
 
 	m.Reply = prefix + strconv.FormatUint(n, 36)
-	if err := a.nc.PublishMsg(m); err != nil {
-		a.abandon(n, ch)
-		return PubAck{}, err
-	}
+	a.writes.do(func() {
+		if err := a.nc.PublishMsg(m); err != nil {
+			a.refused(n, err) // the connection's error (closed, max payload) comes as the reply
+		}
+	})
 	t := time.NewTimer(a.timeout)
 	defer t.Stop()
 	select {
@@ -102,6 +104,17 @@ func (a *AckedPublisher) abandon(n uint64, ch chan PubAck) {
 		<-ch
 	}
 	replyChans.Put(ch)
+}
+
+// refused hands reply n the error the connection gave its publish, if it still waits.
+func (a *AckedPublisher) refused(n uint64, err error) {
+	a.mu.Lock()
+	ch, ok := a.waits[n]
+	delete(a.waits, n)
+	a.mu.Unlock()
+	if ok {
+		ch <- PubAck{err: err}
+	}
 }
 
 // reply hands an acknowledgement to its publisher, if it still waits.

@@ -171,3 +171,24 @@ func streamInfo(t *testing.T, js jetstream.JetStream, name string) *jetstream.St
 	}
 	return s.CachedInfo()
 }
+
+// TestAckedPublisherConnectionErrors: what the connection refuses before anything is sent
+// (a message over the server's max payload, a closed connection) comes back to the
+// publisher at once, although another goroutine may have made the publish.
+func TestAckedPublisherConnectionErrors(t *testing.T) {
+	srv := startServer(t, t.TempDir())
+	nc, _ := connect(t, srv.ClientURL())
+	p := NewAckedPublisher(nc, 5*time.Second)
+	big := make([]byte, nc.MaxPayload()+1)
+	start := time.Now()
+	if _, err := p.Publish(t.Context(), &nats.Msg{Subject: "big", Data: big}); !errors.Is(err, nats.ErrMaxPayload) {
+		t.Fatalf("publish over the max payload: %v, want nats.ErrMaxPayload", err)
+	}
+	nc.Close()
+	if _, err := p.Publish(t.Context(), &nats.Msg{Subject: "closed"}); !errors.Is(err, nats.ErrConnectionClosed) {
+		t.Fatalf("publish on a closed connection: %v, want nats.ErrConnectionClosed", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("the errors took %v: they must not wait for the acknowledgement timeout", d)
+	}
+}
