@@ -15,7 +15,8 @@ import (
 // combiner idle first yields once, so that the other handlers that are ready to run hand
 // their publishes over, then runs them all before it goes on: the flusher then finds a
 // burst. When nothing else is ready the yield returns at once, so a lone publish is not
-// delayed. No goroutine of its own: nothing to start or stop.
+// delayed. It has no goroutine to start or stop: one is started only to run what a handler
+// handed on after its rounds (combineRounds), and it ends when nothing is left.
 type combiner struct {
 	mu      sync.Mutex
 	busy    bool     // a goroutine is running the queued publishes
