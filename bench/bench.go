@@ -59,6 +59,10 @@ type Options struct {
 	Bare        bool          // also run the bare pipelines and compute the ratios
 	PublishRate float64       // ids published per second; 0 as fast as possible
 	Peer        string        // a peer binary (peers/watermill) to run on the same ids after the worker; "" none
+	// BareFirst runs the bare pipelines before the worker instead of after it. Rounds
+	// alternate it, so that neither side always runs first in a fresh process (and pays
+	// for its heap growing, its streams' first blocks, its first connections).
+	BareFirst bool
 }
 
 // Result is what a bench run measured.
@@ -102,6 +106,7 @@ type Result struct {
 	BarePublishIdsPerSec float64 `json:"barePublishIdsPerSecond,omitempty"`
 	BarePublishCPUPerID  float64 `json:"barePublishCpuPerIdMicros,omitempty"`
 	RatioToBarePublish   float64 `json:"ratioToBarePublish,omitempty"`
+	BareFirst            bool    `json:"bareFirst,omitempty"` // the bare pipelines ran before the worker
 	// The worker and the peer, each from its first stored event to its last.
 	FirstToLastIdsPerSec float64 `json:"firstToLastIdsPerSecond,omitempty"`
 	PeerIdsPerSec        float64 `json:"peerIdsPerSecond,omitempty"`
@@ -359,6 +364,17 @@ func Run(ctx context.Context, cfg config.Config, f Options, log *slog.Logger, st
 		return res, err
 	}
 
+	var bares bareResults
+	if f.Bare && f.BareFirst {
+		if bares, err = runBares(ctx, cfg, js, gt, f.IDs, log); err != nil {
+			return res, err
+		}
+		gt.ResetCalls() // the worker's figures count only its own calls
+		if f.Throttle > 0 {
+			gt.SetRateLimit(f.Throttle, cmp.Or(f.Burst, max(1, int(f.Throttle/10))))
+		}
+	}
+
 	bc := &benchClock{published: make([]atomic.Int64, f.IDs)}
 	bc.start = time.Now()
 	requests := cfg.SubjectPrefix + ".requests"
@@ -485,24 +501,40 @@ func Run(ctx context.Context, cfg config.Config, f Options, log *slog.Logger, st
 			res.RatioToPeer = res.FirstToLastIdsPerSec / pr.idsPerSec
 		}
 	}
-	if f.Bare && ctx.Err() == nil {
+	if f.Bare && !f.BareFirst && ctx.Err() == nil {
 		n := res.Completed
 		if n == 0 {
 			n = f.IDs
 		}
-		perSec, cpu, err := runBare(ctx, cfg, js, gt, n, false, log)
-		if err != nil {
-			return res, fmt.Errorf("bare pipeline: %w", err)
+		if bares, err = runBares(ctx, cfg, js, gt, n, log); err != nil {
+			return res, err
 		}
-		res.BareIdsPerSec, res.BareCPUPerID = perSec, cpu
-		res.RatioToBare = res.IdsPerSecond / perSec
-		if perSec, cpu, err = runBare(ctx, cfg, js, gt, n, true, log); err != nil {
-			return res, fmt.Errorf("bare pipeline with publish: %w", err)
-		}
-		res.BarePublishIdsPerSec, res.BarePublishCPUPerID = perSec, cpu
-		res.RatioToBarePublish = res.IdsPerSecond / perSec
+	}
+	if f.Bare && bares.perSec > 0 && bares.publishPerSec > 0 {
+		res.BareFirst = f.BareFirst
+		res.BareIdsPerSec, res.BareCPUPerID = bares.perSec, bares.cpuPerID
+		res.RatioToBare = res.IdsPerSecond / bares.perSec
+		res.BarePublishIdsPerSec, res.BarePublishCPUPerID = bares.publishPerSec, bares.publishCPUPerID
+		res.RatioToBarePublish = res.IdsPerSecond / bares.publishPerSec
 	}
 	return res, nil
+}
+
+// bareResults is what the two bare pipelines measured.
+type bareResults struct {
+	perSec, cpuPerID               float64 // fetch, POST, ack
+	publishPerSec, publishCPUPerID float64 // the same, storing an event per id
+}
+
+// runBares runs the bare pipeline over n ids, then the one that also stores an event.
+func runBares(ctx context.Context, cfg config.Config, js jetstream.JetStream, gt *graphtest.Server, n int, log *slog.Logger) (r bareResults, err error) {
+	if r.perSec, r.cpuPerID, err = runBare(ctx, cfg, js, gt, n, false, log); err != nil {
+		return r, fmt.Errorf("bare pipeline: %w", err)
+	}
+	if r.publishPerSec, r.publishCPUPerID, err = runBare(ctx, cfg, js, gt, n, true, log); err != nil {
+		return r, fmt.Errorf("bare pipeline with publish: %w", err)
+	}
+	return r, nil
 }
 
 // convergence reads the accepted events' store times (ns since start) of a run from
@@ -889,6 +921,9 @@ func (r Result) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "peak RSS       %.1f MiB (first half of the run %.1f, second half %.1f)\n", r.PeakRSSMiB, r.RSSFirstHalfMiB, r.RSSLastHalfMiB)
 	if r.BareIdsPerSec > 0 {
+		if r.BareFirst {
+			fmt.Fprintln(w, "bare pipelines ran before the worker in this round")
+		}
 		fmt.Fprintf(w, "bare pipeline  %.1f ids/s, %.1f µs CPU per id (fetch, POST, ack); the worker does %.2f of it\n", r.BareIdsPerSec, r.BareCPUPerID, r.RatioToBare)
 		fmt.Fprintf(w, "bare + publish %.1f ids/s, %.1f µs CPU per id (fetch, POST, publish an event, ack); the worker does %.2f of it\n", r.BarePublishIdsPerSec, r.BarePublishCPUPerID, r.RatioToBarePublish)
 	}

@@ -43,7 +43,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	fs.Float64Var(&f.PublishRate, "publish-rate", 0, "ids published per second; 0 as fast as possible")
 	fs.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	fs.StringVar(&f.Peer, "peer", "", "also run this peer binary (go build -C peers -o watermill-peer ./watermill) on the same ids, NATS server and simulated Graph, after the worker in each round")
-	fs.IntVar(&nRounds, "rounds", 1, "run the whole bench this many times, each on a fresh NATS server and simulated Graph, and sum up the worker's ratios to the bare pipelines by their median: on a shared machine one round's ratio swings by a fifth")
+	fs.IntVar(&nRounds, "rounds", 1, "run the whole bench this many times, each on a fresh NATS server and simulated Graph, with the bare pipelines after the worker in the first round, before it in the second, and so on, and sum up the worker's ratios to the bare pipelines by their median: on a shared machine one round's ratio swings by a fifth")
 	grid := fs.Bool("grid", false, "run the grid instead: R of 20, 200 and 1000 calls/s x latency of 50 ms, 300 ms and 1 s x 1 and 3 replicas, with the worker's settings as given (its defaults unless set), each cell --cell-duration long")
 	cellDuration := fs.Duration("cell-duration", 60*time.Second, "with --grid: how long each cell runs")
 	gridOnly := fs.String("grid-only", "", `with --grid: only these cells, e.g. "20/50ms/3,20/1s/3" (R/latency/replicas)`)
@@ -92,6 +92,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	var rounds bench.Rounds
 	for i := range nRounds {
+		f.BareFirst = i%2 == 1 // alternate which side runs first in a fresh process
 		res, err := bench.Run(ctx, cfg, f, log, stderr)
 		if err != nil {
 			fmt.Fprintf(stderr, "reprocessor bench: %v\n", err)

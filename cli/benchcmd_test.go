@@ -101,6 +101,12 @@ func TestBenchCommandRounds(t *testing.T) {
 		if res.Completed != 200 || res.RatioToBare <= 0 || res.RatioToBarePublish <= 0 {
 			t.Errorf("round %d: %+v", i+1, res)
 		}
+		// The rounds alternate which side runs first; the worker's figures count only
+		// the worker's Graph calls either way.
+		if res.BareFirst != (i == 1) || res.GraphCalls != 200 || res.PeakInFlight > 8 {
+			t.Errorf("round %d: bare first %v, %d Graph calls, %d in flight at most; want bare first only in round 2, 200 calls, at most 8",
+				i+1, res.BareFirst, res.GraphCalls, res.PeakInFlight)
+		}
 		ratios[i] = res.RatioToBare
 	}
 	slices.Sort(ratios)

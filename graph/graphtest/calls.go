@@ -45,11 +45,12 @@ func (s *Server) CallCount(op string) int {
 	return 0
 }
 
-// ResetCalls forgets the calls answered so far.
+// ResetCalls forgets the calls answered so far, and the most answered at once.
 func (s *Server) ResetCalls() {
 	s.callsMu.Lock()
 	defer s.callsMu.Unlock()
 	s.calls = nil
+	s.peakInFlight.Store(s.inFlight.Load())
 	s.counts.Range(func(_, v any) bool {
 		v.(*atomic.Int64).Store(0)
 		return true
