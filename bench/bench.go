@@ -60,8 +60,8 @@ type Options struct {
 	PublishRate float64       // ids published per second; 0 as fast as possible
 	Peer        string        // a peer binary (peers/watermill) to run on the same ids after the worker; "" none
 	// BareFirst runs the bare pipelines before the worker instead of after it. Rounds
-	// alternate it, so that neither side always runs first in a fresh process (and pays
-	// for its heap growing, its streams' first blocks, its first connections).
+	// alternate it, so that neither side always runs first in a fresh process: the phases
+	// of a round affect each other, and the later ones measure slower.
 	BareFirst bool
 }
 
@@ -334,9 +334,12 @@ func Run(ctx context.Context, cfg config.Config, f Options, log *slog.Logger, st
 		return res, fmt.Errorf("simulated Graph: %w", err)
 	}
 	defer gt.Close()
-	if f.Throttle > 0 {
-		gt.SetRateLimit(f.Throttle, cmp.Or(f.Burst, max(1, int(f.Throttle/10))))
+	throttle := func() { // the bare pipelines run unthrottled: set again after them
+		if f.Throttle > 0 {
+			gt.SetRateLimit(f.Throttle, cmp.Or(f.Burst, max(1, int(f.Throttle/10))))
+		}
 	}
+	throttle()
 	dir, err := os.MkdirTemp("", "reprocessor-bench-")
 	if err != nil {
 		return res, err
@@ -370,9 +373,7 @@ func Run(ctx context.Context, cfg config.Config, f Options, log *slog.Logger, st
 			return res, err
 		}
 		gt.ResetCalls() // the worker's figures count only its own calls
-		if f.Throttle > 0 {
-			gt.SetRateLimit(f.Throttle, cmp.Or(f.Burst, max(1, int(f.Throttle/10))))
-		}
+		throttle()
 	}
 
 	bc := &benchClock{published: make([]atomic.Int64, f.IDs)}
@@ -510,7 +511,7 @@ func Run(ctx context.Context, cfg config.Config, f Options, log *slog.Logger, st
 			return res, err
 		}
 	}
-	if f.Bare && bares.perSec > 0 && bares.publishPerSec > 0 {
+	if bares.perSec > 0 && bares.publishPerSec > 0 { // both ran, before the worker or after
 		res.BareFirst = f.BareFirst
 		res.BareIdsPerSec, res.BareCPUPerID = bares.perSec, bares.cpuPerID
 		res.RatioToBare = res.IdsPerSecond / bares.perSec
