@@ -108,6 +108,12 @@ type Control struct {
 	stop      chan struct{}
 	done      chan struct{}
 	closeOnce sync.Once
+
+	// byeMu orders the bye after every hello and beat: the subscription's handler may
+	// still be answering a message while Close runs, and a beat after the bye would have
+	// the others count this replica again until it falls silent.
+	byeMu sync.Mutex
+	gone  bool // the bye is out: no more hellos or beats
 }
 
 type peer struct {
@@ -208,6 +214,14 @@ func (c *Control) Close() {
 }
 
 func (c *Control) publish(subject string, m controlMsg) {
+	if m.Kind == "hello" || m.Kind == "beat" || m.Kind == "bye" {
+		c.byeMu.Lock()
+		defer c.byeMu.Unlock()
+		if c.gone {
+			return
+		}
+		c.gone = m.Kind == "bye"
+	}
 	m.ID, m.Instance = c.id, c.cfg.Instance
 	data, err := json.Marshal(m)
 	if err != nil {

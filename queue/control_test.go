@@ -256,7 +256,16 @@ func TestControlNewcomerEndsOnTheLeadersRate(t *testing.T) {
 	t.Parallel()
 	const interval = 5 * time.Second // the leader's answer to the hello is the only tick
 	srv := startServer(t, t.TempDir())
-	leader := startReplicaEvery(t, srv.ClientURL(), "a", &fakeRate{rate: 40, discovered: true}, interval)
+	var leader replica
+	for {
+		// A leader in the lower half of the ids, so that each newcomer below ranks after
+		// it at least half the time (ids are random). Alone, it is closed at once.
+		leader = startReplicaEvery(t, srv.ClientURL(), "a", &fakeRate{rate: 40, discovered: true}, interval)
+		if leader.c.id < "8" {
+			break
+		}
+		leader.c.Close()
+	}
 	var newcomer replica
 	for {
 		// The newcomer must rank after the leader, so that the first it hears of the
@@ -279,6 +288,59 @@ func TestControlNewcomerEndsOnTheLeadersRate(t *testing.T) {
 	}
 	if leader.r.get().grows != 0 {
 		t.Error("the leader grew its rate in its answer to a hello")
+	}
+}
+
+// Once a replica has said goodbye, nothing it still answers goes out: a beat after the bye
+// would have the others count it again until it fell silent, each of them on a smaller
+// share of the rate meanwhile.
+func TestControlNoBeatAfterBye(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, t.TempDir())
+	nc, _ := connect(t, srv.ClientURL())
+	heard := make(chan controlMsg, 16)
+	sub, err := nc.Subscribe("t.control.replicas", func(m *nats.Msg) {
+		if cm, _ := parseControl(m.Data); cm != nil {
+			heard <- *cm
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	b := startReplicaEvery(t, srv.ClientURL(), "b", &fakeRate{rate: 10, discovered: true}, time.Hour)
+	high := "ffffffffffffffff" // a newcomer ranking after b, so that b answers as the leader
+	if b.c.id == high {
+		t.Skip("b drew the highest id")
+	}
+	b.c.Close()
+	next := func() (controlMsg, bool) {
+		select {
+		case m := <-heard:
+			return m, true
+		case <-time.After(time.Second):
+			return controlMsg{}, false
+		}
+	}
+	for {
+		m, ok := next()
+		if !ok {
+			t.Fatal("no bye from the closed replica")
+		}
+		if m.Kind == "bye" {
+			break
+		}
+	}
+	// The handler may still be answering when Close runs: a hello arriving then.
+	b.c.receive(&nats.Msg{Subject: "t.control.replicas", Data: []byte(`{"kind":"hello","id":"` + high + `","instance":"c"}`)})
+	if err := b.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if m, ok := next(); ok {
+		t.Fatalf("the closed replica published %+v after its bye", m)
 	}
 }
 
