@@ -222,6 +222,13 @@ type benchClock struct {
 
 func (b *benchClock) since() int64 { return max(int64(time.Since(b.start)), 1) }
 
+// sinceWall is since by the wall clock, the clock the server stamps stored messages with:
+// an event stored before this moment is never counted as after it, even when the wall
+// clock is stepped during the run (since's monotonic clock is not).
+func (b *benchClock) sinceWall() int64 {
+	return max(int64(time.Now().Round(0).Sub(b.start.Round(0))), 1)
+}
+
 // waitWorked returns once every request has been acknowledged (each one is acknowledged
 // only after its terminal event is stored), after the publisher is done, or when stop or
 // ctx ends the wait first.
@@ -248,8 +255,9 @@ func waitWorked(ctx context.Context, cons jetstream.Consumer, published <-chan s
 	}
 }
 
-// readEvents reads the terminal events stored up to end (ns since start; 0 for all) and
-// records, per id, when its first one was stored.
+// readEvents reads the terminal events stored up to end (ns since start by the wall clock,
+// which stamps them: see sinceWall; 0 for all) and records, per id, when its first one was
+// stored.
 func (b *benchClock) readEvents(ctx context.Context, js jetstream.JetStream, stream, prefix string, end int64) error {
 	st, err := js.Stream(ctx, stream)
 	if err != nil {
@@ -271,6 +279,7 @@ func (b *benchClock) readEvents(ctx context.Context, js jetstream.JetStream, str
 		return err
 	}
 	b.ended = make([]int64, len(b.published))
+	deadline := time.Now().Add(time.Minute)
 	for {
 		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
@@ -289,7 +298,13 @@ func (b *benchClock) readEvents(ctx context.Context, js jetstream.JetStream, str
 		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return err
 		}
-		if n == 0 || pending == 0 {
+		if n > 0 && pending > 0 {
+			continue
+		}
+		// An empty fetch on a loaded machine need not mean the end: the ordered consumer
+		// may have been recreated meanwhile. Its own count says whether events are left.
+		ci, err := cons.Info(ctx)
+		if err != nil || ci.NumPending == 0 || time.Now().After(deadline) {
 			return nil
 		}
 	}
@@ -417,7 +432,7 @@ func Run(ctx context.Context, cfg config.Config, f Options, log *slog.Logger, st
 		limit = t.C
 	}
 	waitWorked(ctx, cons, published, limit)
-	end, cpu := bc.since(), processCPU()-cpuStart
+	end, endWall, cpu := bc.since(), bc.sinceWall(), processCPU()-cpuStart
 	stopSampling()
 	<-sampled
 	workers.stop()
@@ -428,7 +443,7 @@ func Run(ctx context.Context, cfg config.Config, f Options, log *slog.Logger, st
 	if err := <-pubErr; err != nil && ctx.Err() == nil {
 		fmt.Fprintf(stderr, "reprocessor bench: publish: %v\n", err)
 	}
-	if err := bc.readEvents(context.WithoutCancel(ctx), js, queue.DefaultEventsStream, cfg.SubjectPrefix, end); err != nil {
+	if err := bc.readEvents(context.WithoutCancel(ctx), js, queue.DefaultEventsStream, cfg.SubjectPrefix, endWall); err != nil {
 		return res, fmt.Errorf("read the events: %w", err)
 	}
 	if bc.completed == f.IDs {
