@@ -259,12 +259,16 @@ func TestControlNewcomerEndsOnTheLeadersRate(t *testing.T) {
 	var leader replica
 	for {
 		// A leader in the lower half of the ids, so that each newcomer below ranks after
-		// it at least half the time (ids are random). Alone, it is closed at once.
+		// it at least half the time (ids are random). Alone, it is closed at once; the
+		// flush has the server take its hello and bye before anyone else listens.
 		leader = startReplicaEvery(t, srv.ClientURL(), "a", &fakeRate{rate: 40, discovered: true}, interval)
 		if leader.c.id < "8" {
 			break
 		}
 		leader.c.Close()
+		if err := leader.nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var newcomer replica
 	for {
